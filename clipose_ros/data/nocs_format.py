@@ -1,0 +1,220 @@
+"""Files of one frame in the NOCS on-disk layout (CAMERA25 / REAL275, and our synthetic scenes).
+
+A frame ``<dir>/<XXXX>`` consists of
+
+- ``XXXX_color.png``  RGB image (stored as PNG, read back as RGB uint8)
+- ``XXXX_depth.png``  uint16 depth in millimetres, 0 = invalid
+- ``XXXX_mask.png``   uint8 instance ids, 255 = background
+- ``XXXX_coord.png``  NOCS map: RGB = NOCS coordinate + 0.5, scaled to 0..255
+- ``XXXX_meta.txt``   one line ``instance_id class_id model_name`` per instance
+- ``XXXX_label.pkl``  ground truth, a dict in the layout of the widely used preprocessed
+  labels (object-deformnet / SPD), with extra keys of our own:
+
+  ``instance_ids`` (n,) int, ``class_ids`` (n,) int 1..6, ``bboxes`` (n, 4) int as
+  ``y1, x1, y2, x2``, ``scales`` (n,) float scale factor s in metres, ``rotations`` (n, 3, 3),
+  ``translations`` (n, 3) metres, ``model_list`` list of model names, ``handle_visibility``
+  (n,) int; ours adds ``nocs_extents`` (n, 3) tight box extents in NOCS units, and
+  ``camera_convention``: ``"opencv"`` (x right, y down, z forward). Files without that key are
+  assumed OpenCV-frame, as the SPD labels are.
+
+The pose convention is ``p_cam = s * R @ p_nocs + t`` (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+BACKGROUND_ID = 255
+SUFFIXES = ("color.png", "depth.png", "mask.png", "coord.png", "meta.txt", "label.pkl")
+LABEL_KEYS = (
+    "instance_ids",
+    "class_ids",
+    "bboxes",
+    "scales",
+    "rotations",
+    "translations",
+    "model_list",
+    "handle_visibility",
+)
+
+
+class NocsFormatError(ValueError):
+    """A NOCS-format file is missing or malformed; the message names the file."""
+
+
+@dataclass
+class FrameLabel:
+    """Ground truth of one frame, one row per instance."""
+
+    instance_ids: np.ndarray
+    class_ids: np.ndarray
+    bboxes: np.ndarray
+    scales: np.ndarray
+    rotations: np.ndarray
+    translations: np.ndarray
+    model_list: list[str]
+    handle_visibility: np.ndarray
+    nocs_extents: np.ndarray | None = None
+    camera_convention: str = "opencv"
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.instance_ids)
+
+    def sizes(self) -> np.ndarray:
+        """Metric box extents (n, 3) in metres: ``s * nocs_extents``."""
+        if self.nocs_extents is None:
+            raise NocsFormatError("label has no nocs_extents; metric sizes need the model extents")
+        return self.scales[:, None] * self.nocs_extents
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in LABEL_KEYS}
+        out["nocs_extents"] = self.nocs_extents
+        out["camera_convention"] = self.camera_convention
+        out.update(self.extra)
+        return out
+
+
+def frame_path(prefix: str | Path, suffix: str) -> Path:
+    """``<prefix>_<suffix>``, e.g. ``scene_1/0000`` + ``color.png``."""
+    return Path(f"{prefix}_{suffix}")
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise NocsFormatError(f"missing NOCS file: {path}")
+    return path
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    image = cv2.imread(str(_require(path)), flags)
+    if image is None:
+        raise NocsFormatError(f"cannot decode image (corrupt or not a PNG): {path}")
+    return image
+
+
+def read_color(prefix: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    path = frame_path(prefix, "color.png")
+    image = _imread(path, cv2.IMREAD_COLOR)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise NocsFormatError(f"colour image is not 3-channel: {path} has shape {image.shape}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_depth(prefix: str | Path) -> np.ndarray:
+    """Depth in metres, float32 (H, W), 0 where invalid.
+
+    Handles the NOCS quirk of depth PNGs stored as 3 channels (depth packed in two of them).
+    """
+    path = frame_path(prefix, "depth.png")
+    raw = _imread(path, cv2.IMREAD_UNCHANGED)
+    if raw.ndim == 3:  # CAMERA25 composites: high byte in channel 1, low byte in channel 2 (BGR)
+        raw = raw[:, :, 1].astype(np.uint16) * 256 + raw[:, :, 2].astype(np.uint16)
+    if raw.dtype != np.uint16:
+        raise NocsFormatError(f"depth image must be uint16 millimetres: {path} is {raw.dtype}")
+    return raw.astype(np.float32) / 1000.0
+
+
+def read_mask(prefix: str | Path) -> np.ndarray:
+    """Instance id image uint8 (H, W); 255 = background."""
+    path = frame_path(prefix, "mask.png")
+    mask = _imread(path, cv2.IMREAD_UNCHANGED)
+    if mask.ndim == 3:
+        mask = mask[:, :, 2]
+    return mask
+
+
+def read_coord(prefix: str | Path) -> np.ndarray:
+    """NOCS map as float32 (H, W, 3) coordinates in [-0.5, 0.5] (background is meaningless)."""
+    path = frame_path(prefix, "coord.png")
+    coord = _imread(path, cv2.IMREAD_COLOR)[:, :, ::-1]  # stored RGB, cv2 reads BGR
+    coord = coord.astype(np.float32) / 255.0 - 0.5
+    # NOCS stores z flipped in the PNG (1 - z), the convention all NOCS readers undo.
+    coord[:, :, 2] = -coord[:, :, 2]
+    return coord
+
+
+def encode_coord(coord: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`read_coord` up to quantisation: NOCS coords -> BGR uint8 for cv2."""
+    rgb = coord.astype(np.float64).copy()
+    rgb[:, :, 2] = -rgb[:, :, 2]
+    rgb = np.clip(np.round((rgb + 0.5) * 255.0), 0, 255).astype(np.uint8)
+    return rgb[:, :, ::-1]
+
+
+def read_meta(prefix: str | Path) -> list[tuple[int, int, str]]:
+    """``(instance_id, class_id, model_name)`` per line of ``XXXX_meta.txt``."""
+    path = _require(frame_path(prefix, "meta.txt"))
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < 3:
+            raise NocsFormatError(f"{path}:{line_no}: expected 'instance_id class_id model_name'")
+        try:
+            rows.append((int(parts[0]), int(parts[1]), parts[2]))
+        except ValueError as err:
+            raise NocsFormatError(f"{path}:{line_no}: {err}") from err
+    return rows
+
+
+def read_label(prefix: str | Path) -> FrameLabel:
+    """Load ``XXXX_label.pkl``; raises :class:`NocsFormatError` naming the file when malformed."""
+    path = _require(frame_path(prefix, "label.pkl"))
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise NocsFormatError(f"cannot read label pickle {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise NocsFormatError(f"label pickle {path} does not hold a dict")
+    missing = [k for k in LABEL_KEYS if k not in raw]
+    if missing:
+        raise NocsFormatError(f"label pickle {path} lacks keys {missing}")
+    n = len(raw["instance_ids"])
+    rotations = np.asarray(raw["rotations"], dtype=np.float64).reshape(n, 3, 3)
+    translations = np.asarray(raw["translations"], dtype=np.float64).reshape(n, 3)
+    extents = raw.get("nocs_extents")
+    known = LABEL_KEYS + ("nocs_extents", "camera_convention")
+    extra = {k: v for k, v in raw.items() if k not in known}
+    return FrameLabel(
+        instance_ids=np.asarray(raw["instance_ids"], dtype=np.int64),
+        class_ids=np.asarray(raw["class_ids"], dtype=np.int64),
+        bboxes=np.asarray(raw["bboxes"], dtype=np.int64).reshape(n, 4),
+        scales=np.asarray(raw["scales"], dtype=np.float64).reshape(n),
+        rotations=rotations,
+        translations=translations,
+        model_list=list(raw["model_list"]),
+        handle_visibility=np.asarray(raw["handle_visibility"], dtype=np.int64).reshape(n),
+        nocs_extents=None if extents is None else np.asarray(extents, np.float64).reshape(n, 3),
+        camera_convention=raw.get("camera_convention", "opencv"),
+        extra=extra,
+    )
+
+
+def write_label(prefix: str | Path, label: FrameLabel) -> None:
+    with open(frame_path(prefix, "label.pkl"), "wb") as f:
+        pickle.dump(label.to_dict(), f)
+
+
+def write_meta(prefix: str | Path, rows: list[tuple[int, int, str]]) -> None:
+    text = "".join(f"{iid} {cid} {name}\n" for iid, cid, name in rows)
+    frame_path(prefix, "meta.txt").write_text(text)
+
+
+def list_frames(root: str | Path) -> list[Path]:
+    """Frame prefixes (``.../0000``) below ``root``, sorted, found by their ``_color.png``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NocsFormatError(f"dataset folder does not exist: {root}")
+    prefixes = sorted(p.with_name(p.name[: -len("_color.png")]) for p in root.rglob("*_color.png"))
+    if not prefixes:
+        raise NocsFormatError(f"no *_color.png frames below {root}")
+    return prefixes
