@@ -1,0 +1,1 @@
+"""NOCS-format data: on-disk format, synthetic scene generator, dataset reader."""
