@@ -5,7 +5,8 @@ A frame ``<dir>/<XXXX>`` consists of
 - ``XXXX_color.png``  RGB image (stored as PNG, read back as RGB uint8)
 - ``XXXX_depth.png``  uint16 depth in millimetres, 0 = invalid
 - ``XXXX_mask.png``   uint8 instance ids, 255 = background
-- ``XXXX_coord.png``  NOCS map: RGB = NOCS coordinate + 0.5, scaled to 0..255
+- ``XXXX_coord.png``  NOCS map: RGB = (x + 0.5, y + 0.5, 0.5 - z) scaled to 0..255 (NOCS
+  stores z flipped; :func:`read_coord` undoes it)
 - ``XXXX_meta.txt``   one line ``instance_id class_id model_name`` per instance
 - ``XXXX_label.pkl``  ground truth, a dict in the layout of the widely used preprocessed
   labels (object-deformnet / SPD), with extra keys of our own:
@@ -41,6 +42,9 @@ LABEL_KEYS = (
     "model_list",
     "handle_visibility",
 )
+# The SPD training labels omit handle visibility (only their test labels carry it): such
+# handles count as visible, as the NOCS evaluation does for every non-REAL frame.
+OPTIONAL_LABEL_KEYS = ("handle_visibility",)
 
 
 class NocsFormatError(ValueError):
@@ -175,28 +179,33 @@ def read_label(prefix: str | Path) -> FrameLabel:
         raise NocsFormatError(f"cannot read label pickle {path}: {err}") from err
     if not isinstance(raw, dict):
         raise NocsFormatError(f"label pickle {path} does not hold a dict")
-    missing = [k for k in LABEL_KEYS if k not in raw]
+    missing = [k for k in LABEL_KEYS if k not in raw and k not in OPTIONAL_LABEL_KEYS]
     if missing:
         raise NocsFormatError(f"label pickle {path} lacks keys {missing}")
     n = len(raw["instance_ids"])
-    rotations = np.asarray(raw["rotations"], dtype=np.float64).reshape(n, 3, 3)
-    translations = np.asarray(raw["translations"], dtype=np.float64).reshape(n, 3)
     extents = raw.get("nocs_extents")
     known = LABEL_KEYS + ("nocs_extents", "camera_convention")
     extra = {k: v for k, v in raw.items() if k not in known}
-    return FrameLabel(
-        instance_ids=np.asarray(raw["instance_ids"], dtype=np.int64),
-        class_ids=np.asarray(raw["class_ids"], dtype=np.int64),
-        bboxes=np.asarray(raw["bboxes"], dtype=np.int64).reshape(n, 4),
-        scales=np.asarray(raw["scales"], dtype=np.float64).reshape(n),
-        rotations=rotations,
-        translations=translations,
-        model_list=list(raw["model_list"]),
-        handle_visibility=np.asarray(raw["handle_visibility"], dtype=np.int64).reshape(n),
-        nocs_extents=None if extents is None else np.asarray(extents, np.float64).reshape(n, 3),
-        camera_convention=raw.get("camera_convention", "opencv"),
-        extra=extra,
-    )
+    try:
+        return FrameLabel(
+            instance_ids=np.asarray(raw["instance_ids"], dtype=np.int64).reshape(n),
+            class_ids=np.asarray(raw["class_ids"], dtype=np.int64).reshape(n),
+            bboxes=np.asarray(raw["bboxes"], dtype=np.int64).reshape(n, 4),
+            scales=np.asarray(raw["scales"], dtype=np.float64).reshape(n),
+            rotations=np.asarray(raw["rotations"], dtype=np.float64).reshape(n, 3, 3),
+            translations=np.asarray(raw["translations"], dtype=np.float64).reshape(n, 3),
+            model_list=list(raw["model_list"]),
+            handle_visibility=np.asarray(
+                raw.get("handle_visibility", np.ones(n)), dtype=np.int64
+            ).reshape(n),
+            nocs_extents=(
+                None if extents is None else np.asarray(extents, np.float64).reshape(n, 3)
+            ),
+            camera_convention=raw.get("camera_convention", "opencv"),
+            extra=extra,
+        )
+    except (ValueError, TypeError) as err:
+        raise NocsFormatError(f"label pickle {path} has inconsistent arrays: {err}") from err
 
 
 def write_label(prefix: str | Path, label: FrameLabel) -> None:
