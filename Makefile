@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_LOCALHOST_ONLY ?= 1
 
-.PHONY: setup test lint clean-venv
+.PHONY: setup test lint demo clean-venv
 
 setup:
 	@VENV=$(VENV) bash scripts/setup_env.sh
@@ -17,6 +17,15 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest test
+
+# The embedded default job until the node arrives: render NOCS-format scenes with exact ground
+# truth, score the NOCS-map (Umeyama + RANSAC) reference on them, write tables and AP plots.
+DEMO_OUT ?= out/demo
+demo: setup
+	$(VENV)/bin/clipose-synth --out $(DEMO_OUT)/data --split test --scenes 12 \
+		--frames-per-scene 2 --seed 0
+	$(VENV)/bin/clipose-eval --data $(DEMO_OUT)/data/test --out $(DEMO_OUT)/eval
+	@echo "demo: frames in $(DEMO_OUT)/data/test, metrics and AP curves in $(DEMO_OUT)/eval"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -58,6 +58,7 @@ from clipose_ros.data.augment import (
     perturb_scale,
 )
 from clipose_ros.data.nocs_format import (
+    CAMERA_CONVENTIONS,
     FrameLabel,
     NocsFormatError,
     frame_path,
@@ -74,8 +75,6 @@ logger = logging.getLogger(__name__)
 NUM_POINTS = 1028
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN (RGB)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD (RGB)
-FLIP_XY = np.diag([-1.0, -1.0, 1.0])
-CONVENTIONS = ("opencv", "nocs_flipped")
 INTRINSICS_FILE = "intrinsics.txt"
 _ROTATION_TOLERANCE = 1e-2  # max |R^T R - I| entry accepted (then re-orthonormalised)
 _MAX_RESAMPLE = 100
@@ -262,10 +261,10 @@ class NocsInstanceDataset(Dataset):
                 f"label pickle {path}: {n} instance ids but {len(label.class_ids)} class ids "
                 f"and {len(label.model_list)} model names"
             )
-        if label.camera_convention not in CONVENTIONS:
+        if label.camera_convention not in CAMERA_CONVENTIONS:
             raise NocsFormatError(
                 f"label pickle {path}: unknown camera_convention {label.camera_convention!r} "
-                f"(known: {CONVENTIONS})"
+                f"(known: {CAMERA_CONVENTIONS})"
             )
         return label
 
@@ -325,10 +324,8 @@ class NocsInstanceDataset(Dataset):
                 if counts is not None and counts[i] < self.min_points:
                     self.skipped["too_few_points"] += 1
                     continue
-                R = _orthonormalize(label.rotations[i], where)
-                t = label.translations[i]
-                if label.camera_convention == "nocs_flipped":
-                    R, t = FLIP_XY @ R, FLIP_XY @ t
+                R, t = label.opencv_pose(i)
+                R = _orthonormalize(R, where)
                 s = float(label.scales[i])
                 if not np.isfinite(s) or s <= 0 or not np.all(np.isfinite(t)):
                     raise NocsFormatError(f"{where}: invalid scale {s} or translation {t}")

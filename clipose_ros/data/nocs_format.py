@@ -31,6 +31,10 @@ import cv2
 import numpy as np
 
 BACKGROUND_ID = 255
+# The original NOCS code back-projects with x and y negated; labels in that frame carry
+# camera_convention "nocs_flipped" and convert with p_cv = FLIP_XY @ p_flipped.
+FLIP_XY = np.diag([-1.0, -1.0, 1.0])
+CAMERA_CONVENTIONS = ("opencv", "nocs_flipped")
 SUFFIXES = ("color.png", "depth.png", "mask.png", "coord.png", "meta.txt", "label.pkl")
 LABEL_KEYS = (
     "instance_ids",
@@ -75,6 +79,15 @@ class FrameLabel:
         if self.nocs_extents is None:
             raise NocsFormatError("label has no nocs_extents; metric sizes need the model extents")
         return self.scales[:, None] * self.nocs_extents
+
+    def opencv_pose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(R, t) of instance ``i`` in the OpenCV camera frame, whatever the file's convention."""
+        R, t = self.rotations[i], self.translations[i]
+        if self.camera_convention == "nocs_flipped":
+            return FLIP_XY @ R, FLIP_XY @ t
+        if self.camera_convention != "opencv":
+            raise NocsFormatError(f"unknown camera convention {self.camera_convention!r}")
+        return R, t
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in LABEL_KEYS}

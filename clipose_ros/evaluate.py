@@ -1,0 +1,212 @@
+"""``clipose-eval``: score a pose estimator on a NOCS-format test folder, the NOCS way.
+
+For every frame: instance masks (ground truth, or per-frame mask files in the NOCS results
+format), then the estimator, then one result pickle in the NOCS results convention. At the end:
+``metrics.json`` (both IoU modes), a per-class table per mode on the terminal, and one PNG of
+AP curves per mode. Everything lands in ``--out``, with a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from clipose_ros import metrics
+from clipose_ros.categories import CAMERA_INTRINSICS, REAL_INTRINSICS
+from clipose_ros.data import nocs_format as nf
+from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
+from clipose_ros.structures import Frame, Instance, ObjectPose
+
+log = logging.getLogger("clipose.eval")
+NAMED_INTRINSICS = {"camera": CAMERA_INTRINSICS, "real": REAL_INTRINSICS}
+
+
+def frame_key(root: Path, prefix: Path) -> str:
+    """``scene_1/0000`` -> ``scene_1_0000``: a flat, unique name per frame."""
+    return str(prefix.relative_to(root)).replace("/", "_")
+
+
+def load_frame(
+    prefix: Path, default_K: np.ndarray, with_nocs_map: bool
+) -> tuple[Frame, nf.FrameLabel]:
+    """The frame's images and its ground truth; ``K`` from the label when it has one."""
+    label = nf.read_label(prefix)
+    K = np.asarray(label.extra.get("K", default_K), dtype=np.float64)
+    frame = Frame(
+        rgb=nf.read_color(prefix),
+        depth=nf.read_depth(prefix),
+        K=K,
+        frame_id=str(prefix),
+        nocs_map=nf.read_coord(prefix) if with_nocs_map else None,
+    )
+    return frame, label
+
+
+class GroundTruthMasks:
+    """Instances from the frame's own ``_mask.png`` and label: the pose-only evaluation."""
+
+    def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
+        mask = nf.read_mask(prefix)
+        return [
+            Instance(int(c), 1.0, mask == iid, np.asarray(b))
+            for iid, c, b in zip(label.instance_ids, label.class_ids, label.bboxes, strict=True)
+        ]
+
+
+class ResultFileMasks:
+    """Instances from per-frame mask files in the NOCS results format (as the Mask R-CNN
+    results shipped with NOCS / SPD): a pickle with ``pred_class_ids`` (n,), ``pred_scores``
+    (n,), ``pred_masks`` (H, W, n) and ``pred_bboxes`` (n, 4, y1 x1 y2 x2), named
+    ``results_<frame key>.pkl`` (or ``<frame key>.pkl``) in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"mask folder does not exist: {folder}")
+        self.folder = folder
+
+    def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
+        key = frame_key(root, prefix)
+        for name in (f"results_{key}.pkl", f"{key}.pkl"):
+            path = self.folder / name
+            if path.is_file():
+                break
+        else:
+            raise nf.NocsFormatError(f"no mask file for frame {key} in {self.folder}")
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)
+            masks = np.asarray(data["pred_masks"]).astype(bool)
+            class_ids = np.asarray(data["pred_class_ids"]).reshape(-1)
+            scores = np.asarray(data["pred_scores"]).reshape(-1)
+            boxes = np.asarray(data["pred_bboxes"]).reshape(-1, 4)
+        except Exception as err:  # noqa: BLE001 - any failure here means a bad mask file
+            raise nf.NocsFormatError(f"cannot read mask file {path}: {err}") from err
+        if masks.ndim != 3 or masks.shape[2] != len(class_ids):
+            raise nf.NocsFormatError(
+                f"{path}: pred_masks shape {masks.shape} does not hold {len(class_ids)} masks"
+            )
+        return [
+            Instance(int(class_ids[i]), float(scores[i]), masks[:, :, i], boxes[i])
+            for i in range(len(class_ids))
+        ]
+
+
+def frame_result(label: nf.FrameLabel, poses: list[ObjectPose]) -> dict:
+    """The NOCS-convention result dict of one frame (gt in the OpenCV frame)."""
+    if label.nocs_extents is None:
+        raise nf.NocsFormatError(
+            "label has no nocs_extents: add the model extents to score 3D IoU"
+        )
+    n = len(label)
+    gt_pose = [label.opencv_pose(i) for i in range(n)]
+    gt_R = np.array([p[0] for p in gt_pose]).reshape(n, 3, 3)
+    gt_t = np.array([p[1] for p in gt_pose]).reshape(n, 3)
+    # The NOCS convention: RT carries s, scales are NOCS extents. A size-only estimate is the
+    # same box as s = 1 with metric extents.
+    pred_s = np.array([p.nocs_scale if np.isfinite(p.nocs_scale) else 1.0 for p in poses])
+    pred_extents = np.array([p.size / s for p, s in zip(poses, pred_s, strict=True)])
+    return metrics.make_result(
+        label.class_ids,
+        gt_R,
+        gt_t,
+        label.scales,
+        label.nocs_extents,
+        [p.class_id for p in poses],
+        [p.score for p in poses],
+        np.array([p.R for p in poses]).reshape(-1, 3, 3),
+        np.array([p.t for p in poses]).reshape(-1, 3),
+        pred_s.reshape(-1),
+        pred_extents.reshape(-1, 3),
+        gt_handle_visibility=label.handle_visibility,
+        gt_bboxes=label.bboxes,
+        pred_bboxes=np.array([p.bbox for p in poses]).reshape(-1, 4),
+    )
+
+
+def run_evaluation(
+    data: Path,
+    estimator: PoseEstimator,
+    masks: GroundTruthMasks | ResultFileMasks,
+    out: Path,
+    default_K: np.ndarray = CAMERA_INTRINSICS,
+    max_frames: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics."""
+    frames = nf.list_frames(data)[:max_frames]
+    results_dir = out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    needs_nocs_map = isinstance(estimator, NocsMapEstimator)
+    results = []
+    start = time.perf_counter()
+    for prefix in tqdm(frames, unit="frame", desc="evaluate", disable=not progress):
+        frame, label = load_frame(prefix, default_K, needs_nocs_map)
+        poses = estimator.estimate(frame, masks.instances(data, prefix, label))
+        result = frame_result(label, poses)
+        result["image_path"] = str(prefix)
+        metrics.save_result(results_dir / f"results_{frame_key(data, prefix)}.pkl", result)
+        results.append(result)
+    elapsed = time.perf_counter() - start
+    log.info("%d frames estimated in %.1f s", len(frames), elapsed)
+    scores = metrics.evaluate(results)
+    scores["data"] = str(data)
+    scores["estimator"] = type(estimator).__name__
+    (out / "metrics.json").write_text(json.dumps(scores, indent=1, allow_nan=False))
+    for mode in metrics.IOU_MODES:
+        metrics.plot_ap_curves(scores, out / f"ap_curves_{mode}.png", mode)
+    return scores
+
+
+def build_estimator(name: str) -> PoseEstimator:
+    if name == "nocs-map":
+        return NocsMapEstimator()
+    raise ValueError(f"unknown estimator {name!r} (available: nocs-map)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="NOCS-format test folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--estimator", default="nocs-map",
+        help="nocs-map: Umeyama+RANSAC from the frames' NOCS maps (ceiling reference)",
+    )
+    parser.add_argument(
+        "--masks", default="gt",
+        help="'gt' for ground-truth masks, or a folder of NOCS-results mask pickles",
+    )
+    parser.add_argument(
+        "--intrinsics", choices=sorted(NAMED_INTRINSICS), default="camera",
+        help="used for frames whose label has no K",
+    )
+    parser.add_argument("--max-frames", type=int, default=None)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "eval.log")],
+    )
+    try:
+        estimator = build_estimator(args.estimator)
+        masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))
+        scores = run_evaluation(
+            args.data, estimator, masks, args.out, NAMED_INTRINSICS[args.intrinsics],
+            args.max_frames,
+        )
+    except (nf.NocsFormatError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"clipose-eval: {err}") from err
+    for mode in metrics.IOU_MODES:
+        print(metrics.format_table(scores, mode))
+    print(f"metrics: {args.out / 'metrics.json'}; AP curves: {args.out}/ap_curves_*.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""clipose-eval end to end: result files in the NOCS convention, metrics, plots, mask sources."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from clipose_ros import metrics
+from clipose_ros.data import nocs_format as nf
+from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.estimators import NocsMapEstimator
+from clipose_ros.evaluate import (
+    GroundTruthMasks,
+    ResultFileMasks,
+    frame_key,
+    main,
+    run_evaluation,
+)
+
+
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_data")
+    generate(out, "test", 6, 2, seed=11, cfg=SynthConfig(depth_noise=False), progress=False)
+    return out / "test"
+
+
+def test_nocs_map_baseline_scores_near_ceiling_and_writes_nocs_results(test_split, tmp_path):
+    scores = run_evaluation(
+        test_split, NocsMapEstimator(), GroundTruthMasks(), tmp_path, progress=False
+    )
+    for mode in metrics.IOU_MODES:
+        mean = scores["modes"][mode]["classes"]["mean"]
+        assert mean["10deg5cm"] == pytest.approx(100.0)
+        assert mean["5deg2cm"] == pytest.approx(100.0)
+        assert mean["IoU25"] > 90.0
+    frames = nf.list_frames(test_split)
+    results = sorted((tmp_path / "results").glob("results_*.pkl"))
+    assert len(results) == len(frames)
+    first = metrics.load_result(results[0])
+    label = nf.read_label(frames[0])
+    assert np.array_equal(first["gt_class_ids"], label.class_ids)
+    # NOCS convention: the rotation block carries the scale, scales are NOCS extents.
+    det = np.linalg.det(first["gt_RTs"][0, :3, :3])
+    assert det ** (1 / 3) == pytest.approx(label.scales[0])
+    assert np.allclose(first["gt_scales"], label.nocs_extents)
+    assert np.allclose(first["gt_RTs"][:, 3], [0, 0, 0, 1])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["modes"]["exact"]["classes"]["mean"]["5deg2cm"] == pytest.approx(100.0)
+    for mode in metrics.IOU_MODES:
+        assert (tmp_path / f"ap_curves_{mode}.png").stat().st_size > 10_000
+
+
+def _write_mask_files(test_split, folder, drop_first: bool, false_positive: bool):
+    folder.mkdir()
+    for prefix in nf.list_frames(test_split):
+        label = nf.read_label(prefix)
+        mask = nf.read_mask(prefix)
+        keep = list(range(1 if drop_first else 0, len(label)))
+        masks = [mask == label.instance_ids[k] for k in keep]
+        class_ids = [int(label.class_ids[k]) for k in keep]
+        if false_positive:  # a bogus detection in an empty image corner
+            fp = np.zeros_like(mask, dtype=bool)
+            fp[:40, :40] = True
+            masks.append(fp)
+            class_ids.append(1)
+        data = {
+            "pred_masks": np.stack(masks, axis=2) if masks else np.zeros((*mask.shape, 0), bool),
+            "pred_class_ids": np.array(class_ids),
+            "pred_scores": np.linspace(0.9, 0.5, len(class_ids)),
+            "pred_bboxes": np.zeros((len(class_ids), 4)),
+        }
+        with open(folder / f"results_{frame_key(test_split, prefix)}.pkl", "wb") as f:
+            pickle.dump(data, f)
+
+
+def test_mask_files_missing_objects_lower_recall_not_pose_ap(test_split, tmp_path):
+    _write_mask_files(test_split, tmp_path / "masks", drop_first=True, false_positive=False)
+    scores = run_evaluation(
+        test_split, NocsMapEstimator(), ResultFileMasks(tmp_path / "masks"), tmp_path / "out",
+        progress=False,
+    )
+    mean = scores["modes"]["exact"]["classes"]["mean"]
+    n_frames = len(nf.list_frames(test_split))
+    n_gt = sum(c["num_gt"] for k, c in scores["modes"]["exact"]["classes"].items()
+               if k != "mean" and c["num_gt"])
+    total_recall = sum(
+        c["recall_IoU10"] * c["num_gt"] for k, c in scores["modes"]["exact"]["classes"].items()
+        if k != "mean" and c["num_gt"]
+    ) / n_gt
+    assert total_recall == pytest.approx(100.0 * (n_gt - n_frames) / n_gt, abs=0.5)
+    assert mean["10deg5cm"] == pytest.approx(100.0)
+
+
+def test_bad_mask_file_names_the_file(test_split, tmp_path):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    key = frame_key(test_split, nf.list_frames(test_split)[0])
+    (folder / f"results_{key}.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(nf.NocsFormatError, match=f"results_{key}.pkl"):
+        run_evaluation(
+            test_split, NocsMapEstimator(), ResultFileMasks(folder), tmp_path / "out",
+            progress=False,
+        )
+
+
+def test_cli_prints_both_tables_and_fails_clearly_on_a_missing_folder(test_split, tmp_path, capsys):
+    main(["--data", str(test_split), "--out", str(tmp_path / "cli"), "--max-frames", "3"])
+    printed = capsys.readouterr().out
+    assert "3D IoU mode: nocs" in printed and "3D IoU mode: exact" in printed
+    assert (tmp_path / "cli" / "eval.log").exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli2")])
