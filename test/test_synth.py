@@ -108,3 +108,24 @@ def test_depth_noise_is_sensor_like(tmp_path):
         assert np.abs(exact[both] - noisy[both]).max() < 0.05
         holes = (exact > 0) & (noisy == 0)
         assert holes.sum() > 50
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_reader_samples_of_generated_frames_lie_in_their_labelled_boxes(exact_scenes, train):
+    """Generator and reader agree: every sampled point maps into its object's NOCS box,
+    with and without the training augmentations (which update the labels)."""
+    from clipose_ros.data.dataset import NocsInstanceDataset
+
+    dataset = NocsInstanceDataset(exact_scenes / "test", train=train, seed=1)
+    assert len(dataset) >= 20
+    for i in range(0, len(dataset), max(1, len(dataset) // 20)):
+        sample = dataset[i]
+        points = sample["points"].double().numpy()
+        R, t, s = sample["R"].double().numpy(), sample["t"].double().numpy(), float(sample["s"])
+        nocs = (points - t) @ R / s
+        half = sample["nocs_extents"].double().numpy() / 2
+        # 2 mm slack for depth quantisation, plus the jitter the training preset adds.
+        slack = (0.002 + (0.006 if train else 0.0)) / s
+        assert np.all(np.abs(nocs) <= half + slack), f"sample {i} ({sample['class_name']})"
+        assert sample["points"].shape == (1028, 3)
+        assert sample["rgb_crop"].shape == (3, 224, 224)
