@@ -2,6 +2,12 @@
 
 Usage: .venv/bin/python bench/synth_speed.py [--frames 40] [--repeats 3]
 Prints the median over repeats and the 2-worker / 1-worker ratio, measured in one run.
+
+Every run is a cold start, as a fresh ``clipose-synth`` run is: the per-process caches (shape
+instances, camera rays, ...) are emptied first, as forked workers would otherwise inherit the
+parent's warm ones. So the time includes building and exporting the procedural shapes drawn from
+the per-category pool of ``SynthConfig.instances_per_category`` (50) instances, and every frame is
+written to disk (PNGs, label pickle, meta, YOLO label and link).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.data.synth import SynthConfig, clear_process_caches, generate
 
 
 def main() -> None:
@@ -24,6 +30,7 @@ def main() -> None:
     for workers in (1, 2):
         runs = []
         for r in range(args.repeats):
+            clear_process_caches()
             with tempfile.TemporaryDirectory() as tmp:
                 fps = generate(
                     Path(tmp), "train", args.frames // 4, 4, seed=r, workers=workers,
