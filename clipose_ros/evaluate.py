@@ -15,6 +15,7 @@ import pickle
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from clipose_ros.categories import CAMERA_INTRINSICS, REAL_INTRINSICS
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
 from clipose_ros.structures import Frame, Instance, ObjectPose
+from clipose_ros.visualize import draw_pose
 
 log = logging.getLogger("clipose.eval")
 NAMED_INTRINSICS = {"camera": CAMERA_INTRINSICS, "real": REAL_INTRINSICS}
@@ -130,6 +132,22 @@ def frame_result(label: nf.FrameLabel, poses: list[ObjectPose]) -> dict:
     )
 
 
+GT_COLOR = (0, 220, 0)
+PRED_COLOR = (255, 140, 0)
+
+
+def write_overlay(path: Path, frame: Frame, label: nf.FrameLabel, poses: list[ObjectPose]) -> None:
+    """Ground-truth boxes (green) and estimates (orange, with class and score) on the image."""
+    image = frame.rgb.copy()
+    if label.nocs_extents is not None:
+        for i, size in enumerate(label.sizes()):
+            R, t = label.opencv_pose(i)
+            draw_pose(image, frame.K, R, t, size, GT_COLOR, axes=False)
+    for p in poses:
+        draw_pose(image, frame.K, p.R, p.t, p.size, PRED_COLOR, f"{p.class_name} {p.score:.2f}")
+    cv2.imwrite(str(path), image[:, :, ::-1])
+
+
 def run_evaluation(
     data: Path,
     estimator: PoseEstimator,
@@ -138,21 +156,32 @@ def run_evaluation(
     default_K: np.ndarray = CAMERA_INTRINSICS,
     max_frames: int | None = None,
     progress: bool = True,
+    vis_frames: int = 0,
 ) -> dict:
-    """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics."""
+    """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics.
+
+    The first ``vis_frames`` frames are also drawn with their boxes into ``out/vis``.
+    """
     frames = nf.list_frames(data)[:max_frames]
     results_dir = out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     needs_nocs_map = isinstance(estimator, NocsMapEstimator)
     results = []
     start = time.perf_counter()
-    for prefix in tqdm(frames, unit="frame", desc="evaluate", disable=not progress):
+    if vis_frames:
+        (out / "vis").mkdir(exist_ok=True)
+    for index, prefix in enumerate(
+        tqdm(frames, unit="frame", desc="evaluate", disable=not progress)
+    ):
         frame, label = load_frame(prefix, default_K, needs_nocs_map)
         poses = estimator.estimate(frame, masks.instances(data, prefix, label))
         result = frame_result(label, poses)
         result["image_path"] = str(prefix)
-        metrics.save_result(results_dir / f"results_{frame_key(data, prefix)}.pkl", result)
+        key = frame_key(data, prefix)
+        metrics.save_result(results_dir / f"results_{key}.pkl", result)
         results.append(result)
+        if index < vis_frames:
+            write_overlay(out / "vis" / f"{key}.png", frame, label, poses)
     elapsed = time.perf_counter() - start
     log.info("%d frames estimated in %.1f s", len(frames), elapsed)
     scores = metrics.evaluate(results)
@@ -187,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         help="used for frames whose label has no K",
     )
     parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument(
+        "--vis", type=int, default=8, help="draw boxes on the first N frames into OUT/vis"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -199,13 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))
         scores = run_evaluation(
             args.data, estimator, masks, args.out, NAMED_INTRINSICS[args.intrinsics],
-            args.max_frames,
+            args.max_frames, vis_frames=args.vis,
         )
     except (nf.NocsFormatError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"clipose-eval: {err}") from err
     for mode in metrics.IOU_MODES:
         print(metrics.format_table(scores, mode))
-    print(f"metrics: {args.out / 'metrics.json'}; AP curves: {args.out}/ap_curves_*.png")
+    print(f"metrics: {args.out / 'metrics.json'}; AP curves: {args.out}/ap_curves_*.png; "
+          f"overlays: {args.out / 'vis'}")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def test_split(tmp_path_factory):
 
 def test_nocs_map_baseline_scores_near_ceiling_and_writes_nocs_results(test_split, tmp_path):
     scores = run_evaluation(
-        test_split, NocsMapEstimator(), GroundTruthMasks(), tmp_path, progress=False
+        test_split, NocsMapEstimator(), GroundTruthMasks(), tmp_path, progress=False,
+        vis_frames=2,
     )
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2
     for mode in metrics.IOU_MODES:
         mean = scores["modes"][mode]["classes"]["mean"]
         assert mean["10deg5cm"] == pytest.approx(100.0)
