@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,20 @@ def test_reader_samples_of_generated_frames_lie_in_their_labelled_boxes(exact_sc
         assert np.all(np.abs(nocs) <= half + slack), f"sample {i} ({sample['class_name']})"
         assert sample["points"].shape == (1028, 3)
         assert sample["rgb_crop"].shape == (3, 224, 224)
+
+
+def test_ultralytics_reads_the_yolo_segmentation_labels(exact_scenes, monkeypatch):
+    """The segmenter's training data: ultralytics resolves data.yaml and loads every polygon."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    from ultralytics.data import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(exact_scenes / "yolo" / "data.yaml"))
+    assert data["nc"] == 6 and list(data["names"].values()) == list(CATEGORIES)
+    dataset = YOLODataset(img_path=data["val"], data=data, task="segment", augment=False)
+    by_stem = {Path(lab["im_file"]).stem: lab for lab in dataset.labels}
+    for prefix in _frames(exact_scenes):
+        label = nf.read_label(prefix)
+        yolo = by_stem[f"{prefix.parent.name}_{prefix.name}"]
+        assert sorted(yolo["cls"].ravel().astype(int) + 1) == sorted(label.class_ids)
+        assert len(yolo["segments"]) == len(label)

@@ -395,13 +395,19 @@ def generate_scene(args: tuple) -> int:
 
 
 def write_yolo_yaml(out: Path) -> None:
+    """The ultralytics dataset file: train on ``train``, validate on ``test``.
+
+    Ultralytics needs both keys; a dataset that has only one split names it for both, with a
+    comment saying so.
+    """
     splits = sorted(p.name for p in (out / "yolo" / "images").iterdir() if p.is_dir())
-    lines = [f"path: {(out / 'yolo').resolve()}"]
-    for name, key in (("train", "train"), ("test", "val")):
-        if name in splits:
-            lines.append(f"{key}: images/{name}")
-    if "val" not in " ".join(lines) and splits:
-        lines.append(f"val: images/{splits[0]}")
+    if not splits:
+        return
+    train = "train" if "train" in splits else splits[0]
+    val = "test" if "test" in splits else splits[0]
+    lines = [f"path: {(out / 'yolo').resolve()}", f"train: images/{train}", f"val: images/{val}"]
+    if train == val:
+        lines.insert(0, f"# only the '{train}' split exists: it serves as train and val")
     lines.append("names:")
     lines += [f"  {i}: {name}" for i, name in enumerate(CATEGORIES)]
     (out / "yolo" / "data.yaml").write_text("\n".join(lines) + "\n")
