@@ -20,14 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from clipose_ros import metrics
-from clipose_ros.categories import CAMERA_INTRINSICS, REAL_INTRINSICS
+from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
 from clipose_ros.structures import Frame, Instance, ObjectPose
 from clipose_ros.visualize import draw_pose
 
 log = logging.getLogger("clipose.eval")
-NAMED_INTRINSICS = {"camera": CAMERA_INTRINSICS, "real": REAL_INTRINSICS}
 
 
 def frame_key(root: Path, prefix: Path) -> str:
@@ -38,9 +37,9 @@ def frame_key(root: Path, prefix: Path) -> str:
 def load_frame(
     prefix: Path, default_K: np.ndarray, with_nocs_map: bool
 ) -> tuple[Frame, nf.FrameLabel]:
-    """The frame's images and its ground truth; ``K`` from the label when it has one."""
+    """The frame's images and its ground truth (K as ``nocs_format.frame_intrinsics`` says)."""
     label = nf.read_label(prefix)
-    K = np.asarray(label.extra.get("K", default_K), dtype=np.float64)
+    K = nf.frame_intrinsics(prefix, label, default_K)
     frame = Frame(
         rgb=nf.read_color(prefix),
         depth=nf.read_depth(prefix),
@@ -100,13 +99,17 @@ class ResultFileMasks:
         ]
 
 
-def frame_result(label: nf.FrameLabel, poses: list[ObjectPose]) -> dict:
+def frame_result(
+    prefix: Path,
+    label: nf.FrameLabel,
+    poses: list[ObjectPose],
+    model_extents: dict[str, np.ndarray] | None = None,
+) -> dict:
     """The NOCS-convention result dict of one frame (gt in the OpenCV frame)."""
-    if label.nocs_extents is None:
-        raise nf.NocsFormatError(
-            "label has no nocs_extents: add the model extents to score 3D IoU"
-        )
     n = len(label)
+    gt_extents = np.array(
+        [nf.instance_extents(prefix, label, i, model_extents) for i in range(n)]
+    ).reshape(n, 3)
     gt_pose = [label.opencv_pose(i) for i in range(n)]
     gt_R = np.array([p[0] for p in gt_pose]).reshape(n, 3, 3)
     gt_t = np.array([p[1] for p in gt_pose]).reshape(n, 3)
@@ -119,7 +122,7 @@ def frame_result(label: nf.FrameLabel, poses: list[ObjectPose]) -> dict:
         gt_R,
         gt_t,
         label.scales,
-        label.nocs_extents,
+        gt_extents,
         [p.class_id for p in poses],
         [p.score for p in poses],
         np.array([p.R for p in poses]).reshape(-1, 3, 3),
@@ -136,13 +139,12 @@ GT_COLOR = (0, 220, 0)
 PRED_COLOR = (255, 140, 0)
 
 
-def write_overlay(path: Path, frame: Frame, label: nf.FrameLabel, poses: list[ObjectPose]) -> None:
+def write_overlay(path: Path, frame: Frame, result: dict, poses: list[ObjectPose]) -> None:
     """Ground-truth boxes (green) and estimates (orange, with class and score) on the image."""
     image = frame.rgb.copy()
-    if label.nocs_extents is not None:
-        for i, size in enumerate(label.sizes()):
-            R, t = label.opencv_pose(i)
-            draw_pose(image, frame.K, R, t, size, GT_COLOR, axes=False)
+    for RT, extents in zip(result["gt_RTs"], result["gt_scales"], strict=True):
+        s = np.cbrt(np.linalg.det(RT[:3, :3]))
+        draw_pose(image, frame.K, RT[:3, :3] / s, RT[:3, 3], s * extents, GT_COLOR, axes=False)
     for p in poses:
         draw_pose(image, frame.K, p.R, p.t, p.size, PRED_COLOR, f"{p.class_name} {p.score:.2f}")
     cv2.imwrite(str(path), image[:, :, ::-1])
@@ -157,6 +159,7 @@ def run_evaluation(
     max_frames: int | None = None,
     progress: bool = True,
     vis_frames: int = 0,
+    model_extents: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics.
 
@@ -175,13 +178,13 @@ def run_evaluation(
     ):
         frame, label = load_frame(prefix, default_K, needs_nocs_map)
         poses = estimator.estimate(frame, masks.instances(data, prefix, label))
-        result = frame_result(label, poses)
+        result = frame_result(prefix, label, poses, model_extents)
         result["image_path"] = str(prefix)
         key = frame_key(data, prefix)
         metrics.save_result(results_dir / f"results_{key}.pkl", result)
         results.append(result)
         if index < vis_frames:
-            write_overlay(out / "vis" / f"{key}.png", frame, label, poses)
+            write_overlay(out / "vis" / f"{key}.png", frame, result, poses)
     elapsed = time.perf_counter() - start
     log.info("%d frames estimated in %.1f s", len(frames), elapsed)
     scores = metrics.evaluate(results)
@@ -212,8 +215,12 @@ def main(argv: list[str] | None = None) -> None:
         help="'gt' for ground-truth masks, or a folder of NOCS-results mask pickles",
     )
     parser.add_argument(
-        "--intrinsics", choices=sorted(NAMED_INTRINSICS), default="camera",
-        help="used for frames whose label has no K",
+        "--intrinsics", choices=["camera", "real"], default="camera",
+        help="camera for frames with neither a K in the label nor a folder intrinsics.txt",
+    )
+    parser.add_argument(
+        "--model-extents", type=Path, default=None,
+        help="JSON or pickle: model name -> NOCS extents, for labels that store only scales",
     )
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument(
@@ -229,9 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         estimator = build_estimator(args.estimator)
         masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))
+        model_extents = (
+            nf.load_model_extents(args.model_extents) if args.model_extents else None
+        )
         scores = run_evaluation(
-            args.data, estimator, masks, args.out, NAMED_INTRINSICS[args.intrinsics],
-            args.max_frames, vis_frames=args.vis,
+            args.data, estimator, masks, args.out, nf.resolve_intrinsics(args.intrinsics),
+            args.max_frames, vis_frames=args.vis, model_extents=model_extents,
         )
     except (nf.NocsFormatError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"clipose-eval: {err}") from err

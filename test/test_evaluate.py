@@ -116,3 +116,33 @@ def test_cli_prints_both_tables_and_fails_clearly_on_a_missing_folder(test_split
     assert (tmp_path / "cli" / "eval.log").exists()
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli2")])
+
+
+def test_spd_style_labels_flipped_frame_and_model_extents(test_split, tmp_path):
+    """Labels as the real datasets ship them: no nocs_extents (model extents come from a file),
+    poses in the original NOCS flipped camera frame. The scores must not change."""
+    import json
+    import shutil
+
+    data = tmp_path / "spd"
+    shutil.copytree(test_split, data)
+    extents = {}
+    for prefix in nf.list_frames(data):
+        raw = pickle.loads(nf.frame_path(prefix, "label.pkl").read_bytes())
+        extents.update(zip(raw["model_list"], np.asarray(raw.pop("nocs_extents")).tolist(),
+                           strict=True))
+        flip = np.diag([-1.0, -1.0, 1.0])
+        raw["rotations"] = flip @ raw["rotations"]
+        raw["translations"] = raw["translations"] @ flip
+        raw["camera_convention"] = "nocs_flipped"
+        nf.frame_path(prefix, "label.pkl").write_bytes(pickle.dumps(raw))
+    with pytest.raises(SystemExit, match="neither nocs_extents nor size"):
+        main(["--data", str(data), "--out", str(tmp_path / "no_extents"), "--vis", "0"])
+    (tmp_path / "extents.json").write_text(json.dumps(extents))
+    main(["--data", str(data), "--out", str(tmp_path / "ok"), "--vis", "0",
+          "--model-extents", str(tmp_path / "extents.json")])
+    scores = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    for mode in metrics.IOU_MODES:
+        mean = scores["modes"][mode]["classes"]["mean"]
+        assert mean["5deg2cm"] == pytest.approx(100.0)
+        assert mean["IoU25"] > 90.0

@@ -42,10 +42,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clipose_ros.categories import (
-    CAMERA_INTRINSICS,
     CATEGORIES,
     MEAN_SIZES_M,
-    REAL_INTRINSICS,
     SYMMETRIC_CATEGORIES,
     class_name,
     is_symmetric,
@@ -58,15 +56,17 @@ from clipose_ros.data.augment import (
     perturb_scale,
 )
 from clipose_ros.data.nocs_format import (
-    CAMERA_CONVENTIONS,
     FrameLabel,
     NocsFormatError,
+    frame_intrinsics,
     frame_path,
+    instance_extents,
     list_frames,
     read_color,
     read_depth,
     read_label,
     read_mask,
+    resolve_intrinsics,
 )
 from clipose_ros.geometry import backproject, sample_indices, valid_depth_pixels
 
@@ -75,23 +75,8 @@ logger = logging.getLogger(__name__)
 NUM_POINTS = 1028
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN (RGB)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD (RGB)
-INTRINSICS_FILE = "intrinsics.txt"
 _ROTATION_TOLERANCE = 1e-2  # max |R^T R - I| entry accepted (then re-orthonormalised)
 _MAX_RESAMPLE = 100
-
-
-def resolve_intrinsics(intrinsics: np.ndarray | str) -> np.ndarray:
-    """3x3 float64 intrinsics from an array or the benchmark names ``"camera"`` / ``"real"``."""
-    if isinstance(intrinsics, str):
-        named = {"camera": CAMERA_INTRINSICS, "real": REAL_INTRINSICS}
-        key = intrinsics.lower()
-        if key not in named:
-            raise ValueError(f"unknown intrinsics name {intrinsics!r}; use 'camera' or 'real'")
-        return named[key].astype(np.float64).copy()
-    K = np.asarray(intrinsics, dtype=np.float64)
-    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"intrinsics must be a finite 3x3 matrix with fx, fy > 0, got {K}")
-    return K
 
 
 def square_crop(
@@ -220,80 +205,6 @@ class NocsInstanceDataset(Dataset):
                 ids.add(int(c))
         return frozenset(ids)
 
-    def _folder_intrinsics(
-        self, folder: Path, cache: dict[Path, np.ndarray | None]
-    ) -> np.ndarray | None:
-        if folder not in cache:
-            path = folder / INTRINSICS_FILE
-            if not path.is_file():
-                cache[folder] = None
-            else:
-                try:
-                    K = np.loadtxt(path, dtype=np.float64).reshape(3, 3)
-                    cache[folder] = resolve_intrinsics(K)
-                except ValueError as err:
-                    raise NocsFormatError(f"malformed intrinsics file {path}: {err}") from err
-        return cache[folder]
-
-    def _frame_intrinsics(
-        self, prefix: Path, label: FrameLabel, cache: dict[Path, np.ndarray | None]
-    ) -> np.ndarray:
-        if "K" in label.extra and label.extra["K"] is not None:
-            try:
-                return resolve_intrinsics(np.asarray(label.extra["K"], np.float64).reshape(3, 3))
-            except ValueError as err:
-                path = frame_path(prefix, "label.pkl")
-                raise NocsFormatError(f"label pickle {path} has a malformed K: {err}") from err
-        folder_K = self._folder_intrinsics(prefix.parent, cache)
-        return folder_K if folder_K is not None else self.default_K
-
-    def _read_label(self, prefix: Path) -> FrameLabel:
-        path = frame_path(prefix, "label.pkl")
-        try:
-            label = read_label(prefix)
-        except NocsFormatError:
-            raise
-        except (ValueError, TypeError, KeyError, IndexError) as err:  # e.g. inconsistent shapes
-            raise NocsFormatError(f"malformed label pickle {path}: {err}") from err
-        n = len(label)
-        if len(label.class_ids) != n or len(label.model_list) != n:
-            raise NocsFormatError(
-                f"label pickle {path}: {n} instance ids but {len(label.class_ids)} class ids "
-                f"and {len(label.model_list)} model names"
-            )
-        if label.camera_convention not in CAMERA_CONVENTIONS:
-            raise NocsFormatError(
-                f"label pickle {path}: unknown camera_convention {label.camera_convention!r} "
-                f"(known: {CAMERA_CONVENTIONS})"
-            )
-        return label
-
-    def _extents(self, prefix: Path, label: FrameLabel, i: int) -> np.ndarray:
-        if label.nocs_extents is not None:
-            e = label.nocs_extents[i]
-        elif label.extra.get("size") is not None:  # SPD test labels: NOCS model extents
-            try:
-                e = np.asarray(label.extra["size"], np.float64).reshape(len(label), 3)[i]
-            except ValueError as err:
-                path = frame_path(prefix, "label.pkl")
-                raise NocsFormatError(f"label pickle {path} has a malformed 'size': {err}") from err
-        else:
-            model = label.model_list[i]
-            if model not in self.model_extents:
-                raise NocsFormatError(
-                    f"label pickle {frame_path(prefix, 'label.pkl')} has neither nocs_extents "
-                    f"nor size, and model {model!r} is not in model_extents; pass "
-                    "model_extents (model name -> NOCS box extents) for labels that store only "
-                    "scales"
-                )
-            e = self.model_extents[model]
-        if not np.all(np.isfinite(e)) or np.any(e <= 0):
-            raise NocsFormatError(
-                f"{frame_path(prefix, 'label.pkl')}: instance {label.instance_ids[i]} has "
-                f"invalid NOCS extents {e}"
-            )
-        return e
-
     def _build_index(self, prefilter: bool) -> None:
         frames = list_frames(self.root)
         frame_strs: list[str] = []
@@ -304,8 +215,8 @@ class NocsInstanceDataset(Dataset):
         rows: dict[str, list] = {k: [] for k in (*fields, "model")}
         folder_cache: dict[Path, np.ndarray | None] = {}
         for prefix in frames:
-            label = self._read_label(prefix)
-            K = self._frame_intrinsics(prefix, label, folder_cache)
+            label = read_label(prefix)
+            K = frame_intrinsics(prefix, label, self.default_K, folder_cache)
             key = K.tobytes()
             if key not in K_ids:
                 K_ids[key] = len(Ks)
@@ -335,7 +246,7 @@ class NocsInstanceDataset(Dataset):
                 rows["R"].append(R)
                 rows["t"].append(t)
                 rows["s"].append(s)
-                rows["extents"].append(self._extents(prefix, label, i))
+                rows["extents"].append(instance_extents(prefix, label, i, self.model_extents))
                 rows["handle"].append(bool(label.handle_visibility[i]))
                 rows["bbox"].append(label.bboxes[i])
                 rows["model"].append(str(label.model_list[i]))

@@ -23,14 +23,19 @@ The pose convention is ``p_cam = s * R @ p_nocs + t`` (DESIGN.md).
 
 from __future__ import annotations
 
+import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from clipose_ros.categories import CAMERA_INTRINSICS, REAL_INTRINSICS
+
 BACKGROUND_ID = 255
+INTRINSICS_FILE = "intrinsics.txt"  # optional per-folder 3x3 K, whitespace separated
 # The original NOCS code back-projects with x and y negated; labels in that frame carry
 # camera_convention "nocs_flipped" and convert with p_cv = FLIP_XY @ p_flipped.
 FLIP_XY = np.diag([-1.0, -1.0, 1.0])
@@ -200,7 +205,7 @@ def read_label(prefix: str | Path) -> FrameLabel:
     known = LABEL_KEYS + ("nocs_extents", "camera_convention")
     extra = {k: v for k, v in raw.items() if k not in known}
     try:
-        return FrameLabel(
+        label = FrameLabel(
             instance_ids=np.asarray(raw["instance_ids"], dtype=np.int64).reshape(n),
             class_ids=np.asarray(raw["class_ids"], dtype=np.int64).reshape(n),
             bboxes=np.asarray(raw["bboxes"], dtype=np.int64).reshape(n, 4),
@@ -219,6 +224,16 @@ def read_label(prefix: str | Path) -> FrameLabel:
         )
     except (ValueError, TypeError) as err:
         raise NocsFormatError(f"label pickle {path} has inconsistent arrays: {err}") from err
+    if len(label.model_list) != n:
+        raise NocsFormatError(
+            f"label pickle {path}: {n} instance ids but {len(label.model_list)} model names"
+        )
+    if label.camera_convention not in CAMERA_CONVENTIONS:
+        raise NocsFormatError(
+            f"label pickle {path}: unknown camera_convention {label.camera_convention!r} "
+            f"(known: {CAMERA_CONVENTIONS})"
+        )
+    return label
 
 
 def write_label(prefix: str | Path, label: FrameLabel) -> None:
@@ -240,3 +255,101 @@ def list_frames(root: str | Path) -> list[Path]:
     if not prefixes:
         raise NocsFormatError(f"no *_color.png frames below {root}")
     return prefixes
+
+
+def resolve_intrinsics(intrinsics: np.ndarray | str) -> np.ndarray:
+    """3x3 float64 intrinsics from an array or the benchmark names ``"camera"`` / ``"real"``."""
+    if isinstance(intrinsics, str):
+        named = {"camera": CAMERA_INTRINSICS, "real": REAL_INTRINSICS}
+        key = intrinsics.lower()
+        if key not in named:
+            raise ValueError(f"unknown intrinsics name {intrinsics!r}; use 'camera' or 'real'")
+        return named[key].astype(np.float64).copy()
+    K = np.asarray(intrinsics, dtype=np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"intrinsics must be a finite 3x3 matrix with fx, fy > 0, got {K}")
+    return K
+
+
+def read_folder_intrinsics(folder: Path) -> np.ndarray | None:
+    """The folder's ``intrinsics.txt`` (3x3), or None when it has none."""
+    path = Path(folder) / INTRINSICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return resolve_intrinsics(np.loadtxt(path, dtype=np.float64).reshape(3, 3))
+    except ValueError as err:
+        raise NocsFormatError(f"malformed intrinsics file {path}: {err}") from err
+
+
+def frame_intrinsics(
+    prefix: str | Path,
+    label: FrameLabel,
+    default_K: np.ndarray,
+    folder_cache: dict[Path, np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """K of a frame, first match wins: the label's ``K`` (our generator stores it), the
+    folder's ``intrinsics.txt``, then ``default_K`` (the benchmark's camera)."""
+    if label.extra.get("K") is not None:
+        try:
+            return resolve_intrinsics(np.asarray(label.extra["K"], np.float64).reshape(3, 3))
+        except ValueError as err:
+            path = frame_path(prefix, "label.pkl")
+            raise NocsFormatError(f"label pickle {path} has a malformed K: {err}") from err
+    folder = Path(prefix).parent
+    if folder_cache is None:
+        folder_K = read_folder_intrinsics(folder)
+    else:
+        if folder not in folder_cache:
+            folder_cache[folder] = read_folder_intrinsics(folder)
+        folder_K = folder_cache[folder]
+    return folder_K if folder_K is not None else default_K
+
+
+def instance_extents(
+    prefix: str | Path,
+    label: FrameLabel,
+    i: int,
+    model_extents: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """NOCS box extents (3,) of instance ``i``, first match wins: the label's ``nocs_extents``
+    (ours), its ``size`` (the SPD test labels keep the model extents there), then
+    ``model_extents[model_name]`` (for labels that store only scales)."""
+    path = frame_path(prefix, "label.pkl")
+    if label.nocs_extents is not None:
+        e = label.nocs_extents[i]
+    elif label.extra.get("size") is not None:
+        try:
+            e = np.asarray(label.extra["size"], np.float64).reshape(len(label), 3)[i]
+        except ValueError as err:
+            raise NocsFormatError(f"label pickle {path} has a malformed 'size': {err}") from err
+    else:
+        model = label.model_list[i]
+        if not model_extents or model not in model_extents:
+            raise NocsFormatError(
+                f"label pickle {path} has neither nocs_extents nor size, and model {model!r} "
+                "has no entry in the model extents; pass them (model name -> NOCS box extents) "
+                "for labels that store only scales"
+            )
+        e = np.asarray(model_extents[model], np.float64).reshape(3)
+    if not np.all(np.isfinite(e)) or np.any(e <= 0):
+        raise NocsFormatError(
+            f"{path}: instance {label.instance_ids[i]} has invalid NOCS extents {e}"
+        )
+    return e
+
+
+def load_model_extents(path: str | Path) -> dict[str, np.ndarray]:
+    """Model name -> NOCS extents (3,), from a JSON object or a pickled dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise NocsFormatError(f"model extents file does not exist: {path}")
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            with open(path, "rb") as f:
+                raw = pickle.load(f)
+        return {str(k): np.asarray(v, np.float64).reshape(3) for k, v in dict(raw).items()}
+    except Exception as err:  # noqa: BLE001 - any failure means a bad file
+        raise NocsFormatError(f"cannot read model extents from {path}: {err}") from err
