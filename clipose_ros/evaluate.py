@@ -62,10 +62,19 @@ class GroundTruthMasks:
 
 
 class ResultFileMasks:
-    """Instances from per-frame mask files in the NOCS results format (as the Mask R-CNN
-    results shipped with NOCS / SPD): a pickle with ``pred_class_ids`` (n,), ``pred_scores``
-    (n,), ``pred_masks`` (H, W, n) and ``pred_bboxes`` (n, 4, y1 x1 y2 x2), named
-    ``results_<frame key>.pkl`` (or ``<frame key>.pkl``) in ``folder``."""
+    """Instances from per-frame mask files: a pickle with class ids (n,), scores (n,), masks
+    (H, W, n) and boxes (n, 4, y1 x1 y2 x2), under the NOCS results keys (``pred_class_ids``,
+    ``pred_scores``, ``pred_masks``, ``pred_bboxes``) or those of the Mask R-CNN results that
+    SPD distributes (``class_ids``, ``scores``, ``masks``, ``rois``). Files are looked up as
+    ``results_<frame key>.pkl``, ``<frame key>.pkl`` or ``results_<root name>_<frame key>.pkl``
+    (SPD: ``results_test_scene_1_0000.pkl`` for ``Real/test/scene_1/0000``)."""
+
+    KEYS = {
+        "masks": ("pred_masks", "masks"),
+        "class_ids": ("pred_class_ids", "class_ids"),
+        "scores": ("pred_scores", "scores"),
+        "boxes": ("pred_bboxes", "rois"),
+    }
 
     def __init__(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -74,7 +83,7 @@ class ResultFileMasks:
 
     def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
         key = frame_key(root, prefix)
-        for name in (f"results_{key}.pkl", f"{key}.pkl"):
+        for name in (f"results_{key}.pkl", f"{key}.pkl", f"results_{root.name}_{key}.pkl"):
             path = self.folder / name
             if path.is_file():
                 break
@@ -83,12 +92,20 @@ class ResultFileMasks:
         try:
             with open(path, "rb") as f:
                 data = pickle.load(f)
-            masks = np.asarray(data["pred_masks"]).astype(bool)
-            class_ids = np.asarray(data["pred_class_ids"]).reshape(-1)
-            scores = np.asarray(data["pred_scores"]).reshape(-1)
-            boxes = np.asarray(data["pred_bboxes"]).reshape(-1, 4)
+            fields = {}
+            for field, candidates in self.KEYS.items():
+                found = [k for k in candidates if k in data]
+                if not found:
+                    raise KeyError(f"none of the keys {candidates}")
+                fields[field] = np.asarray(data[found[0]])
+            class_ids = fields["class_ids"].reshape(-1)
+            scores = fields["scores"].reshape(-1)
+            boxes = fields["boxes"].reshape(-1, 4)
+            masks = fields["masks"].astype(bool)
         except Exception as err:  # noqa: BLE001 - any failure here means a bad mask file
             raise nf.NocsFormatError(f"cannot read mask file {path}: {err}") from err
+        if len(class_ids) == 0:  # a frame without detections
+            return []
         if masks.ndim != 3 or masks.shape[2] != len(class_ids):
             raise nf.NocsFormatError(
                 f"{path}: pred_masks shape {masks.shape} does not hold {len(class_ids)} masks"
@@ -165,7 +182,7 @@ def run_evaluation(
 
     The first ``vis_frames`` frames are also drawn with their boxes into ``out/vis``.
     """
-    frames = nf.list_frames(data)[:max_frames]
+    frames = nf.list_frames(data, labelled=True)[:max_frames]
     results_dir = out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     needs_nocs_map = isinstance(estimator, NocsMapEstimator)

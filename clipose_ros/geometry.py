@@ -125,6 +125,8 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     ``up`` is the world's up direction.
     """
     z = np.asarray(target, float) - np.asarray(eye, float)
+    if np.linalg.norm(z) < 1e-12:
+        raise ValueError("look_at: eye and target coincide")
     z /= np.linalg.norm(z)
     x = np.cross(z, up)
     if np.linalg.norm(x) < 1e-9:

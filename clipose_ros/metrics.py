@@ -456,13 +456,18 @@ def _voc_ap(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> np.ndarray:
     """VOC all-point AP (fraction) of the last axis of ``tp`` (..., N) ranked by score.
 
     Precision envelope, then area under the recall/precision steps, as the NOCS code does
-    (recall padded with 0 and 1, precision with 0 and 0).
+    (recall padded with 0 and 1, precision with 0 and 0). One deviation: predictions with equal
+    scores form one operating point (precision and recall taken at the end of the tied block),
+    so the AP does not depend on the order of the frames when scores tie (e.g. ground-truth
+    masks, all scored 1). With distinct scores it equals the NOCS value.
     """
     order = np.argsort(-scores, kind="stable")
     tp = tp[..., order].astype(np.float64)
     n = tp.shape[-1]
-    ctp = np.cumsum(tp, axis=-1)
-    prec = ctp / np.arange(1, n + 1)
+    ranked = scores[order]
+    block_end = np.append(ranked[1:] != ranked[:-1], True) if n else np.zeros(0, dtype=bool)
+    ctp = np.cumsum(tp, axis=-1)[..., block_end]
+    prec = ctp / np.arange(1, n + 1)[block_end]
     rec = ctp / max(n_gt, 1)
     lead = tp.shape[:-1]
     zeros, ones = np.zeros(lead + (1,)), np.ones(lead + (1,))

@@ -146,3 +146,31 @@ def test_spd_style_labels_flipped_frame_and_model_extents(test_split, tmp_path):
         mean = scores["modes"][mode]["classes"]["mean"]
         assert mean["5deg2cm"] == pytest.approx(100.0)
         assert mean["IoU25"] > 90.0
+
+
+def test_spd_mask_rcnn_result_files_and_frames_without_detections(test_split, tmp_path):
+    """SPD's Mask R-CNN files: keys class_ids/scores/masks/rois, named results_<split>_<key>."""
+    folder = tmp_path / "mrcnn"
+    folder.mkdir()
+    frames = nf.list_frames(test_split)
+    for n, prefix in enumerate(frames):
+        label, mask = nf.read_label(prefix), nf.read_mask(prefix)
+        keep = [] if n == 0 else list(range(len(label)))  # nothing detected in the first frame
+        data = {
+            "masks": (np.stack([mask == label.instance_ids[k] for k in keep], axis=2)
+                      if keep else np.zeros((0,), bool)),
+            "class_ids": label.class_ids[keep],
+            "scores": np.linspace(0.95, 0.6, len(keep)),
+            "rois": label.bboxes[keep],
+        }
+        name = f"results_{test_split.name}_{frame_key(test_split, prefix)}.pkl"
+        (folder / name).write_bytes(pickle.dumps(data))
+    scores = run_evaluation(
+        test_split, NocsMapEstimator(), ResultFileMasks(folder), tmp_path / "out", progress=False
+    )
+    classes = scores["modes"]["exact"]["classes"]
+    missed = len(nf.read_label(frames[0]))
+    n_gt = sum(c["num_gt"] for k, c in classes.items() if k != "mean")
+    n_pred = sum(c["num_pred"] for k, c in classes.items() if k != "mean")
+    assert n_pred == n_gt - missed
+    assert classes["mean"]["10deg5cm"] == pytest.approx(100.0)

@@ -425,3 +425,13 @@ def test_table_and_plot(tmp_path):
     path = tmp_path / "ap.png"
     plot_ap_curves(m, path, "nocs")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tied_scores_make_ap_independent_of_frame_order():
+    """Ground-truth masks score every instance 1.0: frame order must not change the AP."""
+    good_gt, bad_gt = obj("camera", [0.0, 0.0, 0.8]), obj("camera", [0.1, 0.0, 0.9])
+    good = frame([good_gt], [perturbed(good_gt, dR=rot("x", 1))], scores=[1.0])
+    bad = frame([bad_gt], [perturbed(bad_gt, dR=rot("x", 20))], scores=[1.0])
+    a = cls_metrics(evaluate([good, bad]), "nocs", "camera")["10deg5cm"]
+    b = cls_metrics(evaluate([bad, good]), "nocs", "camera")["10deg5cm"]
+    assert a == b == pytest.approx(25.0)

@@ -206,7 +206,7 @@ class NocsInstanceDataset(Dataset):
         return frozenset(ids)
 
     def _build_index(self, prefilter: bool) -> None:
-        frames = list_frames(self.root)
+        frames = list_frames(self.root, labelled=True)
         frame_strs: list[str] = []
         Ks: list[np.ndarray] = []
         K_ids: dict[bytes, int] = {}

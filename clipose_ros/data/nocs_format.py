@@ -24,6 +24,7 @@ The pose convention is ``p_cam = s * R @ p_nocs + t`` (DESIGN.md).
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ import numpy as np
 
 from clipose_ros.categories import CAMERA_INTRINSICS, REAL_INTRINSICS
 
+log = logging.getLogger("clipose.nocs_format")
 BACKGROUND_ID = 255
+CAMERA25_NO_DEPTH_MM = 32001  # the "no depth" value of the CAMERA25 composite depth maps
 INTRINSICS_FILE = "intrinsics.txt"  # optional per-folder 3x3 K, whitespace separated
 # The original NOCS code back-projects with x and y negated; labels in that frame carry
 # camera_convention "nocs_flipped" and convert with p_cv = FLIP_XY @ p_flipped.
@@ -138,6 +141,7 @@ def read_depth(prefix: str | Path) -> np.ndarray:
     raw = _imread(path, cv2.IMREAD_UNCHANGED)
     if raw.ndim == 3:  # CAMERA25 composites: high byte in channel 1, low byte in channel 2 (BGR)
         raw = raw[:, :, 1].astype(np.uint16) * 256 + raw[:, :, 2].astype(np.uint16)
+        raw[raw == CAMERA25_NO_DEPTH_MM] = 0
     if raw.dtype != np.uint16:
         raise NocsFormatError(f"depth image must be uint16 millimetres: {path} is {raw.dtype}")
     return raw.astype(np.float32) / 1000.0
@@ -180,8 +184,9 @@ def read_meta(prefix: str | Path) -> list[tuple[int, int, str]]:
         parts = line.split()
         if len(parts) < 3:
             raise NocsFormatError(f"{path}:{line_no}: expected 'instance_id class_id model_name'")
+        # CAMERA25 lines carry the ShapeNet synset before the model id: take the last field.
         try:
-            rows.append((int(parts[0]), int(parts[1]), parts[2]))
+            rows.append((int(parts[0]), int(parts[1]), parts[3] if len(parts) >= 4 else parts[2]))
         except ValueError as err:
             raise NocsFormatError(f"{path}:{line_no}: {err}") from err
     return rows
@@ -246,14 +251,26 @@ def write_meta(prefix: str | Path, rows: list[tuple[int, int, str]]) -> None:
     frame_path(prefix, "meta.txt").write_text(text)
 
 
-def list_frames(root: str | Path) -> list[Path]:
-    """Frame prefixes (``.../0000``) below ``root``, sorted, found by their ``_color.png``."""
+def list_frames(root: str | Path, labelled: bool = False) -> list[Path]:
+    """Frame prefixes (``.../0000``) below ``root``, sorted, found by their ``_color.png``.
+
+    With ``labelled``, only frames that have a ``_label.pkl`` (the SPD preprocessing writes
+    labels only for the frames it accepts); the others are counted in the log.
+    """
     root = Path(root)
     if not root.is_dir():
         raise NocsFormatError(f"dataset folder does not exist: {root}")
     prefixes = sorted(p.with_name(p.name[: -len("_color.png")]) for p in root.rglob("*_color.png"))
     if not prefixes:
         raise NocsFormatError(f"no *_color.png frames below {root}")
+    if labelled:
+        kept = [p for p in prefixes if frame_path(p, "label.pkl").is_file()]
+        if len(kept) < len(prefixes):
+            log.info("%s: %d of %d frames have no label and are skipped", root,
+                     len(prefixes) - len(kept), len(prefixes))
+        if not kept:
+            raise NocsFormatError(f"no frame below {root} has a *_label.pkl")
+        prefixes = kept
     return prefixes
 
 
@@ -303,7 +320,19 @@ def frame_intrinsics(
         if folder not in folder_cache:
             folder_cache[folder] = read_folder_intrinsics(folder)
         folder_K = folder_cache[folder]
-    return folder_K if folder_K is not None else default_K
+    if folder_K is not None:
+        return folder_K
+    if folder not in _DEFAULT_K_WARNED:  # wrong intrinsics would pass silently otherwise
+        _DEFAULT_K_WARNED.add(folder)
+        log.warning(
+            "%s: no K in the labels and no %s; using the default intrinsics fx=%.2f cx=%.2f "
+            "(pass the right ones, e.g. --intrinsics real for REAL275)",
+            folder, INTRINSICS_FILE, default_K[0, 0], default_K[0, 2],
+        )
+    return default_K
+
+
+_DEFAULT_K_WARNED: set[Path] = set()
 
 
 def instance_extents(
