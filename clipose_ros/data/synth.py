@@ -53,12 +53,14 @@ HANDLE_PART = 1
 RGB_NOISE_SIGMA = 2.0  # grey levels
 # Lossless PNG, tuned for write speed: zlib level 1 with run-length matching and the SUB row
 # filter writes a noisy colour frame ~2x faster than libpng's adaptive filter choice at level 1,
-# and the files come out smaller.
+# and the files come out smaller. (The filter flag needs OpenCV >= 4.12; older builds, as
+# chosen beside a ROS install's NumPy 1.x, write with the default filter.)
 PNG_PARAMS = [
     cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
 ]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 TABLE_HALF_SIZE = 1.5  # metres
 
 
