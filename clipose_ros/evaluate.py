@@ -23,6 +23,7 @@ from clipose_ros import metrics
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
+from clipose_ros.logs import log_to_terminal_and_file
 from clipose_ros.structures import Frame, Instance, ObjectPose
 from clipose_ros.visualize import draw_pose
 
@@ -244,12 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "--vis", type=int, default=8, help="draw boxes on the first N frames into OUT/vis"
     )
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "eval.log")],
-    )
+    log_to_terminal_and_file(args.out, "eval.log")
     try:
         estimator = build_estimator(args.estimator)
         masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))

@@ -147,3 +147,13 @@ def test_ultralytics_reads_the_yolo_segmentation_labels(exact_scenes, monkeypatc
         yolo = by_stem[f"{prefix.parent.name}_{prefix.name}"]
         assert sorted(yolo["cls"].ravel().astype(int) + 1) == sorted(label.class_ids)
         assert len(yolo["segments"]) == len(label)
+
+
+def test_cli_writes_frames_config_and_log(tmp_path):
+    from clipose_ros.data.synth import main
+
+    main(["--out", str(tmp_path), "--split", "train", "--scenes", "2", "--frames-per-scene", "2",
+          "--workers", "2", "--no-distractors"])
+    assert len(nf.list_frames(tmp_path / "train", labelled=True)) == 4
+    assert "frames/s" in (tmp_path / "synth.log").read_text()
+    assert '"split": "train"' in (tmp_path / "synth_config.json").read_text()

@@ -47,6 +47,7 @@ from clipose_ros.data.render import (
 )
 from clipose_ros.data.shapes import ShapeInstance, make_instance
 from clipose_ros.geometry import look_at, rotation_about_axis
+from clipose_ros.logs import log_to_terminal_and_file
 
 log = logging.getLogger("clipose.synth")
 HANDLE_PART = 1
@@ -502,12 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-depth-noise", action="store_true", help="exact depth")
     parser.add_argument("--no-distractors", action="store_true")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "synth.log")],
-    )
+    log_to_terminal_and_file(args.out, "synth.log")
     cfg = SynthConfig(
         instances_per_category=args.instances_per_category,
         max_objects=args.max_objects,
