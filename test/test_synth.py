@@ -157,3 +157,18 @@ def test_cli_writes_frames_config_and_log(tmp_path):
     assert len(nf.list_frames(tmp_path / "train", labelled=True)) == 4
     assert "frames/s" in (tmp_path / "synth.log").read_text()
     assert '"split": "train"' in (tmp_path / "synth_config.json").read_text()
+
+
+def test_bad_settings_are_refused_with_the_reason(tmp_path, capsys):
+    from clipose_ros.data.synth import main
+
+    with pytest.raises(ValueError, match="min_objects"):
+        SynthConfig(min_objects=4, max_objects=2)
+    with pytest.raises(ValueError, match="elevation"):
+        SynthConfig(elevation_deg=(10.0, 95.0))
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--max-objects", "0"])
+    assert "max_objects" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--scenes", "0"])
+    assert "--scenes" in capsys.readouterr().err

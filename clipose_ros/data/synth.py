@@ -83,6 +83,24 @@ class SynthConfig:
     min_handle_pixels: int = 20
     placement_radius_m: float = 0.3
 
+    def __post_init__(self) -> None:
+        problems = []
+        if self.width < 16 or self.height < 16:
+            problems.append(f"image size {self.width}x{self.height} is below 16x16")
+        if not 1 <= self.min_objects <= self.max_objects:
+            problems.append(f"need 1 <= min_objects ({self.min_objects}) <= max_objects "
+                            f"({self.max_objects})")
+        if self.instances_per_category < 1 or self.max_distractors < 0:
+            problems.append("instances_per_category must be >= 1 and max_distractors >= 0")
+        if not 0 < self.elevation_deg[0] <= self.elevation_deg[1] < 90:
+            problems.append(f"elevation range {self.elevation_deg} must lie in (0, 90) degrees")
+        if not 0 < self.distance_m[0] <= self.distance_m[1]:
+            problems.append(f"distance range {self.distance_m} must be positive and ordered")
+        if np.asarray(self.intrinsics).shape != (3, 3):
+            problems.append("intrinsics must be a 3x3 matrix")
+        if problems:
+            raise ValueError("invalid SynthConfig: " + "; ".join(problems))
+
 
 @dataclass
 class PlacedObject:
@@ -503,13 +521,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-depth-noise", action="store_true", help="exact depth")
     parser.add_argument("--no-distractors", action="store_true")
     args = parser.parse_args(argv)
+    if args.scenes < 1 or args.frames_per_scene < 1 or args.workers < 0:
+        parser.error("--scenes and --frames-per-scene must be >= 1 and --workers >= 0")
     log_to_terminal_and_file(args.out, "synth.log")
-    cfg = SynthConfig(
-        instances_per_category=args.instances_per_category,
-        max_objects=args.max_objects,
-        depth_noise=not args.no_depth_noise,
-        max_distractors=0 if args.no_distractors else SynthConfig.max_distractors,
-    )
+    try:
+        cfg = SynthConfig(
+            instances_per_category=args.instances_per_category,
+            max_objects=args.max_objects,
+            depth_noise=not args.no_depth_noise,
+            max_distractors=0 if args.no_distractors else SynthConfig.max_distractors,
+        )
+    except ValueError as err:
+        parser.error(str(err))
     generate(args.out, args.split, args.scenes, args.frames_per_scene, args.seed, args.workers, cfg)
 
 
