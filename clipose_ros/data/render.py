@@ -31,7 +31,7 @@ class RenderObject:
     scale: float
     colors: np.ndarray  # (n_parts, 3) albedo in 0..1, indexed by part id
     part_ids: np.ndarray | None = None  # (n_faces,) part id per face; None = all part 0
-    pattern: str = "plain"  # plain | stripes | checker | band: texture in local coordinates
+    pattern: str = "plain"  # plain | stripes | checker | band | grain: texture, local coords
     pattern_freq: float = 6.0
     shininess: float = 20.0
     specular: float = 0.2
@@ -136,7 +136,7 @@ def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _S
 
 def _pattern(kind: str, local: list[np.ndarray] | np.ndarray, freq: float) -> np.ndarray:
     """Albedo multiplier in [0.55, 1] from local (object-frame) coordinates, given as the rows
-    x, y, z (only y is read by stripes and band)."""
+    x, y, z (stripes and band read only y, grain only x and z)."""
     if kind == "stripes":
         return np.where(np.sin(np.float32(2 * np.pi * freq) * local[1]) >= 0, 1.0, 0.55)
     if kind == "checker":
@@ -145,6 +145,11 @@ def _pattern(kind: str, local: list[np.ndarray] | np.ndarray, freq: float) -> np
         return np.where(np.fmod(cells, 2) == 0, 1.0, 0.6)
     if kind == "band":  # a label band around the middle, as on bottles and cans
         return np.where(np.abs(local[1]) < 0.15, 0.55, 1.0)
+    if kind == "grain":  # wood-like bands across x, warped along z (tables)
+        f = np.float32(2 * np.pi * freq)
+        return np.float32(0.82) + np.float32(0.18) * np.sin(
+            f * local[0] + np.float32(2.0) * np.sin(np.float32(0.35) * f * local[2])
+        )
     raise ValueError(f"unknown texture pattern {kind!r}")
 
 
@@ -236,7 +241,7 @@ def render(
         sel = np.flatnonzero(g == index)
         pixels.append(hit_index[sel])
         if obj.pattern != "plain" and len(sel):
-            axes = (0, 1, 2) if obj.pattern == "checker" else (1,)
+            axes = {"checker": (0, 1, 2), "grain": (0, 2)}.get(obj.pattern, (1,))
             local = _local_rows(np.take(pts, sel, axis=1), obj, axes)
             shade[sel] *= _pattern(obj.pattern, local, obj.pattern_freq)
 

@@ -387,7 +387,7 @@ def generate_scene(args: tuple) -> int:
         _write_model(out, split, p.instance)
     table = dict(
         colors=np.stack([_random_color(rng, (0.0, 0.5))]),
-        pattern=str(rng.choice(["plain", "checker", "stripes"])),
+        pattern=str(rng.choice(["plain", "checker", "stripes", "grain"])),
         pattern_freq=float(rng.uniform(2, 12)),
         specular=0.05,
     )
