@@ -9,7 +9,7 @@ thousand-triangle objects casts in ~30 ms on one core.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -51,10 +51,9 @@ class Light:
 class RenderOutput:
     rgb: np.ndarray  # (H, W, 3) uint8
     depth: np.ndarray  # (H, W) float32 metres, 0 where nothing was hit
-    object_index: np.ndarray  # (H, W) int32 index into the objects list, -1 where nothing
+    object_pixels: list[np.ndarray]  # per object: sorted flat pixel indices where it is visible
     part: np.ndarray  # (H, W) int32 part id of the hit face, -1 where nothing
     points: np.ndarray  # (H, W, 3) float32 camera-frame hit points (0 where nothing)
-    extra: dict = field(default_factory=dict)
 
 
 @lru_cache(maxsize=8)
@@ -177,7 +176,7 @@ def render(
     """Ray-cast ``objects`` through a pinhole camera at the origin (OpenCV optical frame).
 
     ``background`` is a (top colour, bottom colour) vertical gradient for pixels that hit nothing.
-    Shading runs in float32 on the hit pixels only, as (3, n_hits) rows. ``extra["pixels"][i]``
+    Shading runs in float32 on the hit pixels only, as (3, n_hits) rows. ``object_pixels[i]``
     holds the sorted flat pixel indices where object ``i`` is visible.
     """
     scene, tables = _scene_of(objects)
@@ -264,17 +263,14 @@ def render(
     n_pix = height * width
     depth = np.zeros(n_pix, dtype=np.float32)
     depth[hit_index] = z
-    object_index = np.full(n_pix, NO_HIT, dtype=np.int32)
-    object_index[hit_index] = g
     part = np.full(n_pix, NO_HIT, dtype=np.int32)
     part[hit_index] = part_hit
     return RenderOutput(
         rgb=rgb,
         depth=depth.reshape(height, width),
-        object_index=object_index.reshape(height, width),
+        object_pixels=pixels,
         part=part.reshape(height, width),
         points=(rays * depth[:, None]).reshape(height, width, 3),
-        extra=dict(pixels=pixels),
     )
 
 

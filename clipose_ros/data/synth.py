@@ -259,7 +259,7 @@ def render_frame(
     points = out.points.reshape(-1, 3)
     instances = []
     for index, p in enumerate(placed):
-        pixels = out.extra["pixels"][index]  # sorted flat indices where the object is visible
+        pixels = out.object_pixels[index]
         count = len(pixels)
         if count < cfg.min_visible_pixels:
             continue
