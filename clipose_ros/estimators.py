@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clipose_ros.geometry import backproject, ransac_umeyama, valid_depth_pixels
+from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
 from clipose_ros.structures import Frame, Instance, ObjectPose
 
 log = logging.getLogger("clipose.estimators")
@@ -49,12 +49,11 @@ class NocsMapEstimator:
             raise ValueError("NocsMapEstimator needs frame.nocs_map (NOCS coordinates per pixel)")
         poses = []
         for inst in instances:
-            mask = inst.mask
-            rows, cols = valid_depth_pixels(frame.depth, mask)
+            rows, cols = valid_depth_pixels(frame.depth, inst.mask)
             if len(rows) < self.min_points:
                 log.info("class %d: %d usable pixels, no pose", inst.class_id, len(rows))
                 continue
-            dst = backproject(frame.depth, frame.K, mask)
+            dst = backproject_pixels(frame.depth, frame.K, rows, cols)
             src = frame.nocs_map[rows, cols].astype(np.float64)
             s, R, t, inliers = ransac_umeyama(
                 src, dst, self.rng, self.inlier_threshold_m, self.iterations

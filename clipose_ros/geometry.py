@@ -16,13 +16,11 @@ def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([x, y, np.ones_like(x)], axis=-1)
 
 
-def backproject(depth: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Camera-frame points (M, 3) of the valid depth pixels (finite, > 0) inside ``mask``.
-
-    Returns the points in row-major pixel order, so callers can pair them with other per-pixel
-    data through :func:`valid_depth_pixels`.
-    """
-    rows, cols = valid_depth_pixels(depth, mask)
+def backproject_pixels(
+    depth: np.ndarray, K: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Camera-frame points (M, 3) of the given pixels, in their order; select the pixels with
+    :func:`valid_depth_pixels`, whose count callers usually need too."""
     z = depth[rows, cols].astype(np.float64)
     x = (cols - K[0, 2]) * z / K[0, 0]
     y = (rows - K[1, 2]) * z / K[1, 1]

@@ -68,7 +68,7 @@ from clipose_ros.data.nocs_format import (
     read_mask,
     resolve_intrinsics,
 )
-from clipose_ros.geometry import backproject, sample_indices, valid_depth_pixels
+from clipose_ros.geometry import backproject_pixels, sample_indices, valid_depth_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -368,21 +368,20 @@ class NocsInstanceDataset(Dataset):
         inst = mask == iid
         if not inst.any():
             raise self._not_in_mask(prefix, iid)
-        count = len(valid_depth_pixels(depth, inst)[0])
-        if count < self.min_points:
-            self._mark_too_few(j, count)
+        rows, cols = valid_depth_pixels(depth, inst)
+        if len(rows) < self.min_points:
+            self._mark_too_few(j, len(rows))
             return None
 
-        full_mask = inst
         aug = self.augment
         cid = int(self.instance_class_ids[j])
         name = class_name(cid)
         if aug.mask_erosion and rng.random() < aug.erosion_prob:
-            eroded = erode_mask(inst, rng, aug.erosion_max_kernel)
-            eroded_count = len(valid_depth_pixels(depth, eroded)[0])
-            if eroded_count >= self.min_points:  # never let erosion make a sample unusable
-                inst, count = eroded, eroded_count
-        points = backproject(depth, K, inst)
+            eroded = valid_depth_pixels(depth, erode_mask(inst, rng, aug.erosion_max_kernel))
+            if len(eroded[0]) >= self.min_points:  # never let erosion make a sample unusable
+                rows, cols = eroded
+        count = len(rows)
+        points = backproject_pixels(depth, K, rows, cols)
         points = points[sample_indices(len(points), self.num_points, rng)]
 
         R, t = self._R[j].copy(), self._t[j].copy()
@@ -420,7 +419,7 @@ class NocsInstanceDataset(Dataset):
             "num_valid_points": torch.tensor(count, dtype=torch.int64),
         }
         if self.load_rgb:
-            sample["rgb_crop"] = torch.from_numpy(self._crop(prefix, j, full_mask))
+            sample["rgb_crop"] = torch.from_numpy(self._crop(prefix, j, inst))
         return sample
 
     def _crop(self, prefix: Path, j: int, inst: np.ndarray) -> np.ndarray:
