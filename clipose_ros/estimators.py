@@ -20,7 +20,12 @@ log = logging.getLogger("clipose.estimators")
 
 
 class PoseEstimator(Protocol):
-    """Anything that turns segmented instances of a frame into 9D poses."""
+    """Anything that turns segmented instances of a frame into 9D poses.
+
+    ``needs_nocs_map`` tells frame loaders to fill ``Frame.nocs_map`` (extra I/O otherwise).
+    """
+
+    needs_nocs_map: bool
 
     def estimate(self, frame: Frame, instances: list[Instance]) -> list[ObjectPose]: ...
 
@@ -31,6 +36,8 @@ class NocsMapEstimator:
     Instances with fewer than ``min_points`` usable pixels, or whose fit keeps too few inliers,
     give no pose (a missed detection), with a log message saying why.
     """
+
+    needs_nocs_map = True
 
     def __init__(
         self,

@@ -186,7 +186,6 @@ def run_evaluation(
     frames = nf.list_frames(data, labelled=True)[:max_frames]
     results_dir = out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    needs_nocs_map = isinstance(estimator, NocsMapEstimator)
     results = []
     start = time.perf_counter()
     if vis_frames:
@@ -194,7 +193,7 @@ def run_evaluation(
     for index, prefix in enumerate(
         tqdm(frames, unit="frame", desc="evaluate", disable=not progress)
     ):
-        frame, label = load_frame(prefix, default_K, needs_nocs_map)
+        frame, label = load_frame(prefix, default_K, estimator.needs_nocs_map)
         poses = estimator.estimate(frame, masks.instances(data, prefix, label))
         result = frame_result(prefix, label, poses, model_extents)
         result["image_path"] = str(prefix)

@@ -82,12 +82,6 @@ class FrameLabel:
     def __len__(self) -> int:
         return len(self.instance_ids)
 
-    def sizes(self) -> np.ndarray:
-        """Metric box extents (n, 3) in metres: ``s * nocs_extents``."""
-        if self.nocs_extents is None:
-            raise NocsFormatError("label has no nocs_extents; metric sizes need the model extents")
-        return self.scales[:, None] * self.nocs_extents
-
     def opencv_pose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, t) of instance ``i`` in the OpenCV camera frame, whatever the file's convention."""
         R, t = self.rotations[i], self.translations[i]
@@ -314,12 +308,10 @@ def frame_intrinsics(
             path = frame_path(prefix, "label.pkl")
             raise NocsFormatError(f"label pickle {path} has a malformed K: {err}") from err
     folder = Path(prefix).parent
-    if folder_cache is None:
-        folder_K = read_folder_intrinsics(folder)
-    else:
-        if folder not in folder_cache:
-            folder_cache[folder] = read_folder_intrinsics(folder)
-        folder_K = folder_cache[folder]
+    cache = {} if folder_cache is None else folder_cache
+    if folder not in cache:
+        cache[folder] = read_folder_intrinsics(folder)
+    folder_K = cache[folder]
     if folder_K is not None:
         return folder_K
     if folder not in _DEFAULT_K_WARNED:  # wrong intrinsics would pass silently otherwise
