@@ -36,7 +36,7 @@ run_step() {
 }
 
 # 1. Decide where ROS comes from, before anything is installed (no half-installs).
-ROS_MODULES="rclpy sensor_msgs geometry_msgs std_msgs visualization_msgs vision_msgs tf2_msgs"
+ROS_MODULES="rclpy sensor_msgs geometry_msgs std_msgs visualization_msgs diagnostic_msgs vision_msgs tf2_msgs"
 missing_modules() {  # prints the modules of $ROS_MODULES that "$1" cannot import
     "$1" - "$ROS_MODULES" <<'EOF'
 import importlib, sys
