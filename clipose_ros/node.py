@@ -1,0 +1,497 @@
+"""``pose_node``: RGB-D in, 9D object poses out as TF, Detection3DArray, markers and a debug image.
+
+A thin shell around :class:`clipose_ros.pipeline.PosePipeline`:
+
+- inputs: RGB, depth and camera_info, synchronised by stamp (approximate, ``sync_slop``),
+  sensor-data QoS unless ``reliable_qos``; each set is checked (sizes, frame ids, encodings,
+  buffers, intrinsics, usable depth) and a bad one is refused with a throttled warning saying why;
+- perception runs on a worker thread fed by a one-slot "latest set" buffer: while the model is
+  busy, older sets are replaced (and counted as dropped), so latency never piles up;
+- outputs carry the input image's header; TF child frames are ``<frame_prefix><class>_<id>`` with
+  ids kept by the tracker; markers of objects whose tracks ended are deleted; the debug image is
+  drawn only while someone subscribes; ``/diagnostics`` reports rates, latency, drops and models.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipose_ros.pipeline import PosePipeline, TrackerConfig, build_pipeline, draw_overlay
+
+PACKAGE = "clipose_ros"
+DEFAULT_POSE_MODEL = "models/clipose_pose.pt"
+DEFAULT_SEGMENTER_WEIGHTS = "models/yoloseg_synth.pt"
+# Input topics (relative: a namespace applies); remap them to your camera's.
+RGB_TOPIC = "camera/color/image_raw"
+DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
+INFO_TOPIC = "camera/color/camera_info"
+# Output topics (relative) and the fixed ones.
+DETECTIONS_TOPIC = "clipose/detections"
+MARKERS_TOPIC = "clipose/markers"
+DEBUG_IMAGE_TOPIC = "clipose/debug_image"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: default, what it does, its range, whether it may change live."""
+
+    name: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+
+
+POSE_NODE_PARAMS: tuple[Param, ...] = (
+    Param("pose_model", DEFAULT_POSE_MODEL, "Exported CLIPose TorchScript file (absolute, or "
+          "relative to the working directory, the source tree or the package share dir)",
+          read_only=True),
+    Param("segmenter_weights", DEFAULT_SEGMENTER_WEIGHTS, "YOLO-seg weights file (same lookup)",
+          read_only=True),
+    Param("device", "cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when present)",
+          read_only=True),
+    Param("num_threads", 0, "Torch CPU threads (0: torch's default)", 0, 256, read_only=True),
+    Param("imgsz", 320, "Segmenter input size in pixels (a multiple of 32)", 64, 1280,
+          read_only=True),
+    Param("score_threshold", 0.5, "Minimum segmentation score of an object", 0.0, 1.0),
+    Param("min_mask_area", 100, "Smallest mask (pixels) the segmenter keeps", 1, 1_000_000,
+          read_only=True),
+    Param("min_points", 50, "Fewest mask pixels with valid depth for a pose", 4, 1_000_000),
+    Param("track_match_distance", 0.1, "Largest centre jump (m) between frames for one object",
+          0.001, 5.0),
+    Param("track_max_missed", 5, "Frames an object may go unseen and keep its id", 0, 10_000),
+    Param("smoothing", 0.0, "Weight of the previous pose in per-object smoothing (0: off)",
+          0.0, 0.99),
+    Param("frame_prefix", "clipose/", "Prefix of the object TF frames <prefix><class>_<id>"),
+    Param("publish_tf", True, "Broadcast camera -> object transforms on /tf"),
+    Param("publish_markers", True, "Publish the MarkerArray for RViz"),
+    Param("reliable_qos", False, "Subscribe with reliable QoS instead of sensor-data (best "
+          "effort)", read_only=True),
+    Param("sync_slop", 0.05, "Largest stamp difference (s) within one RGB/depth/info set",
+          0.0, 5.0, read_only=True),
+    Param("sync_queue_size", 10, "Messages kept per input topic for synchronisation", 1, 1000,
+          read_only=True),
+    Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages", 0.1, 60.0,
+          read_only=True),
+    Param("warn_throttle", 5.0, "Seconds between two warnings of the same kind", 0.0, 3600.0),
+    Param("seed", 0, "Seed of the point sampling (reproducible poses)", 0, 2**31 - 1,
+          read_only=True),
+)
+
+
+class ParameterError(ValueError):
+    """A parameter value the node refuses at start; the message names the key."""
+
+
+def resolve_model_path(value: str) -> Path:
+    """A model path as given if it exists, else under the source tree, else the share dir."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    source = Path(__file__).resolve().parents[1] / path
+    if source.exists():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        shared = Path(get_package_share_directory(PACKAGE)) / path
+        if shared.exists():
+            return shared
+    except Exception:  # noqa: BLE001 - not installed through colcon: no share dir to look in
+        pass
+    return source  # does not exist: the loader's error names it and says how to get one
+
+
+def resolve_device(device: str) -> str:
+    """Check a torch device name against this machine; 'auto' picks cuda when present."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ParameterError(
+                f"device: {device!r} requested but torch sees no CUDA device on this machine "
+                "(use device:=cpu or device:=auto)"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ParameterError(
+                f"device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return device
+    raise ParameterError(f"device: {device!r} is not cpu, cuda, cuda:N or auto")
+
+
+def declare_parameters(node, specs: tuple[Param, ...]) -> dict[str, Any]:
+    """Declare ``specs`` with descriptions and ranges; returns the values (overrides applied).
+
+    rclpy refuses an out-of-range override itself; choices are checked here. Either way a
+    :class:`ParameterError` names the key, the value and what is allowed.
+    """
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.exceptions import ParameterException
+
+    values = {}
+    for p in specs:
+        descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only)
+        if p.low is not None and isinstance(p.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(p.low), to_value=float(p.high))
+            ]
+        elif p.low is not None and isinstance(p.default, int) and not isinstance(p.default, bool):
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(p.low), to_value=int(p.high), step=1)
+            ]
+        if p.choices:
+            descriptor.additional_constraints = f"one of {', '.join(p.choices)}"
+        try:
+            value = node.declare_parameter(p.name, p.default, descriptor).value
+        except ParameterException as err:
+            allowed = f" (allowed: {p.low} .. {p.high})" if p.low is not None else ""
+            raise ParameterError(f"parameter {p.name}: {err}{allowed}") from err
+        if p.choices and value not in p.choices:
+            raise ParameterError(
+                f"parameter {p.name}: {value!r} is not one of {', '.join(p.choices)}"
+            )
+        values[p.name] = value
+    return values
+
+
+class WarningThrottle:
+    """At most one message per ``kind`` every ``period`` seconds, with the count suppressed."""
+
+    def __init__(self, log, period: float) -> None:
+        self.log = log
+        self.period = period
+        self.last: dict[str, float] = {}
+        self.suppressed: collections.Counter = collections.Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: str, message: str, level: str = "warning") -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last.get(kind, -1e9) < self.period:
+                self.suppressed[kind] += 1
+                return
+            self.last[kind] = now
+            extra = self.suppressed.pop(kind, 0)
+        suffix = f" ({extra} more like it since the last message)" if extra else ""
+        getattr(self.log, level)(message + suffix)
+
+
+class RateMeter:
+    """Events per second over a sliding window."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window = window_s
+        self.times: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.times.append(time.monotonic())
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self.lock:
+            while self.times and now - self.times[0] > self.window:
+                self.times.popleft()
+            if len(self.times) < 2:
+                return 0.0
+            return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-6)
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(list(values), q)) if len(values) else float("nan")
+
+
+def _make_node_class():
+    """The rclpy Node subclass (built lazily so that importing this module needs no rclpy)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rcl_interfaces.msg import SetParametersResult
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
+
+    from clipose_ros import ros_convert as rc
+
+    class PoseNode(Node):
+        """See the module docstring. ``pipeline`` injects a ready pipeline (tests)."""
+
+        def __init__(self, pipeline: PosePipeline | None = None, **node_kwargs) -> None:
+            super().__init__("pose_node", **node_kwargs)
+            self.params = declare_parameters(self, POSE_NODE_PARAMS)
+            p = self.params
+            self.warn = WarningThrottle(self.get_logger(), p["warn_throttle"])
+            if p["num_threads"] > 0:
+                import torch
+
+                torch.set_num_threads(p["num_threads"])
+            self.model_files = {"pose_model": "(injected)", "segmenter_weights": "(injected)"}
+            self.device = p["device"]
+            if pipeline is None:
+                self.device = resolve_device(p["device"])
+                pose_model = resolve_model_path(p["pose_model"])
+                weights = resolve_model_path(p["segmenter_weights"])
+                self.model_files = {"pose_model": str(pose_model),
+                                    "segmenter_weights": str(weights)}
+                pipeline = build_pipeline(
+                    pose_model, weights, device=self.device, imgsz=p["imgsz"],
+                    score_threshold=p["score_threshold"], min_mask_area=p["min_mask_area"],
+                    min_points=p["min_points"], tracker=self._tracker_config(p), seed=p["seed"],
+                )
+            self.pipeline = pipeline
+            self.pipeline.min_score = p["score_threshold"]
+            self.pipeline.min_points = p["min_points"]
+            self.pipeline.tracker.config = self._tracker_config(p)
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+
+            # Statistics (read by the diagnostics timer, written by callbacks and the worker).
+            self.in_rate = RateMeter()
+            self.out_rate = RateMeter()
+            self.latency_ms: collections.deque = collections.deque(maxlen=300)
+            self.stage_ms: dict[str, collections.deque] = collections.defaultdict(
+                lambda: collections.deque(maxlen=300))
+            self.counts: collections.Counter = collections.Counter()
+            self.rejected: collections.Counter = collections.Counter()
+            self.last_arrival: dict[str, float] = {}
+            self.last_synced = 0.0
+            self.last_objects = 0
+
+            qos = (QoSProfile(depth=p["sync_queue_size"], reliability=ReliabilityPolicy.RELIABLE)
+                   if p["reliable_qos"] else qos_profile_sensor_data)
+            self.topics = {
+                "rgb": self.resolve_topic_name(RGB_TOPIC),
+                "depth": self.resolve_topic_name(DEPTH_TOPIC),
+                "camera_info": self.resolve_topic_name(INFO_TOPIC),
+            }
+            self._sync = rc.make_synchronizer(
+                self, (Image, Image, CameraInfo), (RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC), qos,
+                p["sync_queue_size"], p["sync_slop"], self._on_synced,
+                raw_callbacks=[self._arrival("rgb"), self._arrival("depth"),
+                               self._arrival("camera_info")],
+            )
+            out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            self.det_pub = self.create_publisher(Detection3DArray, DETECTIONS_TOPIC, out_qos)
+            self.marker_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, out_qos)
+            self.debug_pub = self.create_publisher(
+                Image, DEBUG_IMAGE_TOPIC, qos_profile_sensor_data)
+            self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+            self.send_tf = rc.make_transform_broadcaster(self)
+            self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
+            self._msg_types = (Detection3DArray, MarkerArray)
+
+            self._slot = None
+            self._cond = threading.Condition()
+            self._running = True
+            self._worker = threading.Thread(target=self._work, name="clipose-worker", daemon=True)
+            self._worker.start()
+            self.create_timer(p["diagnostics_period"], self._diagnostics)
+            self.get_logger().info(
+                f"pose_node ready on {self.device}: inputs {self.topics['rgb']}, "
+                f"{self.topics['depth']}, {self.topics['camera_info']}; models "
+                f"{self.model_files['pose_model']}, {self.model_files['segmenter_weights']}"
+            )
+
+        @staticmethod
+        def _tracker_config(p: dict) -> TrackerConfig:
+            return TrackerConfig(p["track_match_distance"], p["track_max_missed"], p["smoothing"])
+
+        def _on_set_parameters(self, params) -> SetParametersResult:
+            """Live changes of thresholds, tracking and output switches (others are read-only)."""
+            new = dict(self.params)
+            for param in params:
+                new[param.name] = param.value
+            try:
+                tracker = self._tracker_config(new)
+            except ValueError as err:
+                return SetParametersResult(successful=False, reason=str(err))
+            self.params = new
+            self.pipeline.min_score = new["score_threshold"]
+            self.pipeline.min_points = new["min_points"]
+            self.pipeline.tracker.config = tracker
+            self.warn.period = new["warn_throttle"]
+            segmenter = self.pipeline.segmenter
+            if hasattr(segmenter, "score_threshold"):
+                segmenter.score_threshold = new["score_threshold"]
+            return SetParametersResult(successful=True)
+
+        # ------------------------------------------------------------------ inputs
+
+        def _arrival(self, name: str):
+            def seen(_msg) -> None:
+                self.last_arrival[name] = time.monotonic()
+                if name == "rgb":
+                    self.in_rate.tick()
+            return seen
+
+        def _on_synced(self, rgb, depth, info) -> None:
+            """Executor thread: put the newest set in the slot (replacing an unprocessed one)."""
+            self.last_synced = time.monotonic()
+            with self._cond:
+                if self._slot is not None:
+                    self.counts["dropped"] += 1
+                self._slot = (rgb, depth, info)
+                self._cond.notify()
+
+        # ------------------------------------------------------------------ worker
+
+        def _work(self) -> None:
+            while True:
+                with self._cond:
+                    while self._slot is None and self._running:
+                        self._cond.wait(0.5)
+                    if not self._running:
+                        return
+                    msgs, self._slot = self._slot, None
+                try:
+                    self._process(*msgs)
+                except Exception as err:  # noqa: BLE001 - a failing frame must not stop the node
+                    self.counts["failed"] += 1
+                    self.warn("exception", f"frame failed: {type(err).__name__}: {err}", "error")
+
+        def _process(self, rgb_msg, depth_msg, info_msg) -> None:
+            try:
+                frame = rc.frame_from_messages(rgb_msg, depth_msg, info_msg)
+            except rc.InputError as err:
+                self.rejected[err.kind] += 1
+                self.warn(err.kind, f"input refused: {err}")
+                return
+            result = self.pipeline.process(frame)
+            if not result.instances:
+                self.warn("empty", "no objects segmented in this frame", "info")
+            for reason in result.skipped:
+                self.warn("skipped", f"object skipped: {reason}", "info")
+            start = time.perf_counter()
+            header = rgb_msg.header
+            p = self.params
+            Detection3DArray, MarkerArray = self._msg_types
+            if p["publish_tf"] and result.poses:
+                self.send_tf(rc.tf_message(header, result.poses, p["frame_prefix"]))
+            self.det_pub.publish(rc.detection_array(header, result.poses))
+            if p["publish_markers"]:
+                self.marker_pub.publish(
+                    rc.marker_array(header, result.poses, result.ended, "clipose"))
+            if self.debug_pub.get_subscription_count() > 0:
+                image = draw_overlay(frame.rgb, frame.K, result.poses)
+                self.debug_pub.publish(rc.image_message(image, "rgb8", header))
+            publish_ms = (time.perf_counter() - start) * 1e3
+            for key, value in result.timings.items():
+                self.stage_ms[key].append(value)
+            self.stage_ms["publish_ms"].append(publish_ms)
+            self.latency_ms.append((time.time_ns() - frame.stamp_ns) / 1e6)
+            self.counts["processed"] += 1
+            self.last_objects = len(result.poses)
+            self.out_rate.tick()
+
+        # ------------------------------------------------------------------ diagnostics
+
+        def _diagnostics(self) -> None:
+            DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
+            now = time.monotonic()
+            level, message = DiagnosticStatus.OK, "running"
+            recent = {k for k, t in self.last_arrival.items() if now - t < 2.0}
+            if not recent:
+                level, message = DiagnosticStatus.WARN, "no input"
+            elif recent != set(self.topics) or now - self.last_synced > 2.0:
+                missing = sorted(set(self.topics) - recent)
+                why = (f"nothing received on {', '.join(self.topics[m] for m in missing)}"
+                       if missing else f"stamps never within sync_slop={self.params['sync_slop']}"
+                       " s of each other")
+                level, message = DiagnosticStatus.WARN, f"inputs not synchronised: {why}"
+                self.warn("sync", f"no synchronised RGB/depth/camera_info set in 2 s: {why}")
+            values = {
+                "input_hz": f"{self.in_rate.rate():.2f}",
+                "output_hz": f"{self.out_rate.rate():.2f}",
+                "latency_p50_ms": f"{percentile(self.latency_ms, 50):.1f}",
+                "latency_p95_ms": f"{percentile(self.latency_ms, 95):.1f}",
+                "frames_processed": str(self.counts["processed"]),
+                "frames_dropped": str(self.counts["dropped"]),
+                "frames_rejected": str(sum(self.rejected.values())),
+                "frames_failed": str(self.counts["failed"]),
+                "objects": str(self.last_objects),
+                "device": self.device,
+                **self.model_files,
+            }
+            for kind, n in sorted(self.rejected.items()):
+                values[f"rejected_{kind}"] = str(n)
+            for key, series in sorted(self.stage_ms.items()):
+                values[f"{key[:-3]}_p50_ms"] = f"{percentile(series, 50):.2f}"
+            status = DiagnosticStatus(
+                level=level, name=f"{self.get_fully_qualified_name()}: pose estimation",
+                message=message, hardware_id=self.device,
+                values=[KeyValue(key=k, value=v) for k, v in values.items()],
+            )
+            msg = DiagnosticArray(status=[status])
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.diag_pub.publish(msg)
+
+        def destroy_node(self) -> None:
+            with self._cond:
+                self._running = False
+                self._cond.notify()
+            self._worker.join(timeout=5.0)
+            super().destroy_node()
+
+    return PoseNode, rclpy
+
+
+_NODE_CLASS = None
+
+
+def pose_node_class():
+    """The PoseNode class (rclpy imported on first use)."""
+    global _NODE_CLASS
+    if _NODE_CLASS is None:
+        _NODE_CLASS = _make_node_class()[0]
+    return _NODE_CLASS
+
+
+def run_node(make_node, args: list[str] | None = None, name: str = "pose_node") -> int:
+    """rclpy init, build the node, spin until shutdown; start-up errors exit with status 2."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    try:
+        node = make_node()
+    except (ParameterError, RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"{name}: cannot start: {err}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def main(args: list[str] | None = None) -> None:
+    """``pose_node`` entry point (``ros2 run clipose_ros pose_node``)."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(run_node(lambda: pose_node_class()(), args if args is not None else sys.argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""ROS message <-> numpy conversion, and results -> TF / Detection3D / Marker messages.
+
+This is the one small place for what ``cv_bridge``, ``tf2_ros`` and ``message_filters`` would
+do: none of them is on PyPI, so on a machine that runs the ROS 2 runtime from wheels they do not
+import. When ``tf2_ros`` / ``message_filters`` do import (a sourced ROS 2), the node uses them
+(:func:`make_transform_broadcaster`, :func:`make_synchronizer`). Image conversion is always ours:
+it is a zero-copy ``np.frombuffer`` view, and the checks that come with it (encoding, step,
+buffer length, byte order) name exactly what is wrong with a bad message, which is what the node
+logs when it rejects one.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import (
+    Point,
+    Pose,
+    PoseWithCovariance,
+    Quaternion,
+    Transform,
+    TransformStamped,
+    Vector3,
+)
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import ColorRGBA, Header
+from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import (
+    BoundingBox3D,
+    Detection3D,
+    Detection3DArray,
+    ObjectHypothesis,
+    ObjectHypothesisWithPose,
+)
+from visualization_msgs.msg import Marker, MarkerArray
+
+from clipose_ros.categories import CATEGORIES, CLASS_IDS
+from clipose_ros.pipeline import OVERLAY_COLORS, object_box
+from clipose_ros.structures import Frame, ObjectPose
+
+RGB_ENCODINGS = ("rgb8", "bgr8")
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+# bytes per pixel, numpy dtype, channels
+_ENCODINGS = {
+    "rgb8": (3, np.uint8, 3),
+    "bgr8": (3, np.uint8, 3),
+    "16UC1": (2, np.uint16, 1),
+    "mono16": (2, np.uint16, 1),
+    "32FC1": (4, np.float32, 1),
+}
+MARKER_BOX, MARKER_AXES, MARKER_LABEL = 0, 1, 2
+
+
+class InputError(ValueError):
+    """An input message set the node must reject. ``kind`` groups reasons for throttling."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# ---------------------------------------------------------------------------- time and frames
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) of a rotation matrix, w >= 0 (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = np.trace(R)
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    else:
+        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def matrix_from_quaternion(q: Sequence[float]) -> np.ndarray:
+    """Rotation matrix of a quaternion (x, y, z, w); normalises it first."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def pose_message(R: np.ndarray, t: np.ndarray) -> Pose:
+    q = quaternion_from_matrix(R)
+    return Pose(
+        position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+        orientation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3]),
+    )
+
+
+def pose_from_message(pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+    o, p = pose.orientation, pose.position
+    return matrix_from_quaternion([o.x, o.y, o.z, o.w]), np.array([p.x, p.y, p.z])
+
+
+# ---------------------------------------------------------------------------- images in
+
+
+def image_to_array(msg: Image, allowed: Sequence[str]) -> np.ndarray:
+    """(H, W[, C]) view of an Image's pixels, after checking everything a bad message breaks."""
+    name = "image" if not msg.header.frame_id else f"image in frame {msg.header.frame_id!r}"
+    if msg.encoding not in allowed:
+        raise InputError(
+            "encoding", f"{name}: encoding {msg.encoding!r} is not supported here "
+            f"(accepted: {', '.join(allowed)})"
+        )
+    bpp, dtype, channels = _ENCODINGS[msg.encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise InputError("size", f"{name}: empty image {w}x{h}")
+    if step < w * bpp:
+        raise InputError(
+            "buffer", f"{name}: step {step} is smaller than width {w} x {bpp} bytes per pixel"
+        )
+    if len(msg.data) != step * h:
+        raise InputError(
+            "buffer", f"{name}: data holds {len(msg.data)} bytes, but step {step} x height {h} "
+            f"= {step * h} (truncated or padded message)"
+        )
+    raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * bpp]
+    arr = raw.view(dtype) if raw.flags.c_contiguous else np.ascontiguousarray(raw).view(dtype)
+    if bpp > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big"):
+        arr = arr.byteswap()
+    return arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
+
+
+def rgb_from_image(msg: Image) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an rgb8 or bgr8 Image."""
+    arr = image_to_array(msg, RGB_ENCODINGS)
+    return arr[:, :, ::-1] if msg.encoding == "bgr8" else arr
+
+
+def depth_from_image(msg: Image) -> np.ndarray:
+    """Depth in metres (float32, 0 = invalid) from 16UC1/mono16 millimetres or 32FC1 metres."""
+    arr = image_to_array(msg, DEPTH_ENCODINGS)
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) * np.float32(0.001)
+    depth = arr.astype(np.float32, copy=True)
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth
+
+
+def intrinsics_from_camera_info(msg: CameraInfo) -> np.ndarray:
+    """K (3x3) from a CameraInfo, refused when it cannot be a pinhole camera."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    where = f"camera_info (frame {msg.header.frame_id!r})"
+    if not np.all(np.isfinite(K)):
+        raise InputError("intrinsics", f"{where}: K has non-finite entries {K.ravel().tolist()}")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(
+            "intrinsics", f"{where}: focal lengths fx={K[0, 0]}, fy={K[1, 1]} must be > 0 "
+            "(an uncalibrated camera publishes K = 0)"
+        )
+    if K[2, 2] != 1.0 or K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0:
+        raise InputError("intrinsics", f"{where}: K is not a pinhole matrix: {K.ravel().tolist()}")
+    return K
+
+
+def frame_from_messages(rgb_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Frame:
+    """One checked :class:`Frame` from a synchronised RGB / depth / camera_info set.
+
+    Raises :class:`InputError` saying why when sizes, frame ids, encodings, buffers or
+    intrinsics disagree, or when the depth image has no valid pixel at all.
+    """
+    if (rgb_msg.height, rgb_msg.width) != (depth_msg.height, depth_msg.width):
+        raise InputError(
+            "size", f"RGB is {rgb_msg.width}x{rgb_msg.height} but depth is "
+            f"{depth_msg.width}x{depth_msg.height}: depth must be registered to the colour image"
+        )
+    if rgb_msg.header.frame_id != depth_msg.header.frame_id:
+        raise InputError(
+            "frame_id", f"RGB frame {rgb_msg.header.frame_id!r} and depth frame "
+            f"{depth_msg.header.frame_id!r} differ: use depth aligned to the colour camera"
+        )
+    if info_msg.width and info_msg.height and (info_msg.height, info_msg.width) != (
+        rgb_msg.height, rgb_msg.width
+    ):
+        raise InputError(
+            "size", f"camera_info is for {info_msg.width}x{info_msg.height} images but RGB is "
+            f"{rgb_msg.width}x{rgb_msg.height}"
+        )
+    K = intrinsics_from_camera_info(info_msg)
+    rgb = rgb_from_image(rgb_msg)
+    depth = depth_from_image(depth_msg)
+    if not np.any(depth > 0):
+        raise InputError(
+            "depth", f"depth ({depth_msg.encoding}) has no valid pixel: all zero or non-finite"
+        )
+    return Frame(
+        rgb=rgb, depth=depth, K=K, stamp_ns=stamp_to_ns(rgb_msg.header.stamp),
+        frame_id=rgb_msg.header.frame_id,
+    )
+
+
+# ---------------------------------------------------------------------------- images out
+
+
+def image_message(array: np.ndarray, encoding: str, header: Header) -> Image:
+    """An Image holding ``array`` (C-contiguous copy when needed) in ``encoding``."""
+    bpp, dtype, channels = _ENCODINGS[encoding]
+    arr = np.ascontiguousarray(array, dtype=dtype)
+    if arr.ndim != (3 if channels > 1 else 2) or (channels > 1 and arr.shape[2] != channels):
+        raise ValueError(f"array of shape {arr.shape} does not fit encoding {encoding}")
+    h, w = arr.shape[:2]
+    return Image(
+        header=header, height=h, width=w, encoding=encoding,
+        is_bigendian=int(sys.byteorder == "big"), step=w * bpp, data=arr.tobytes(),
+    )
+
+
+def camera_info_message(K: np.ndarray, width: int, height: int, header: Header) -> CameraInfo:
+    """A distortion-free CameraInfo for an ideal pinhole camera K."""
+    K = np.asarray(K, dtype=np.float64)
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    return CameraInfo(
+        header=header, width=int(width), height=int(height), distortion_model="plumb_bob",
+        d=[0.0] * 5, k=K.ravel().tolist(), r=np.eye(3).ravel().tolist(), p=P.ravel().tolist(),
+    )
+
+
+# ---------------------------------------------------------------------------- results out
+
+
+def tf_message(header: Header, poses: Sequence[ObjectPose], prefix: str) -> TFMessage:
+    """camera frame -> ``<prefix><class>_<id>`` per object (the object frame, not the box)."""
+    transforms = []
+    for p in poses:
+        pose = pose_message(p.R, p.t)
+        transforms.append(TransformStamped(
+            header=header,
+            child_frame_id=f"{prefix}{p.key}",
+            transform=Transform(
+                translation=Vector3(x=pose.position.x, y=pose.position.y, z=pose.position.z),
+                rotation=pose.orientation,
+            ),
+        ))
+    return TFMessage(transforms=transforms)
+
+
+def detection_array(
+    header: Header,
+    poses: Sequence[ObjectPose],
+    ids: Sequence[str] | None = None,
+    boxes: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Detection3DArray:
+    """One Detection3D per object: category name and score, the object frame's pose in the
+    hypothesis, the posed box (centre, full size in metres) in ``bbox``, the id in ``id``.
+
+    Ids default to the poses' keys, boxes to :func:`clipose_ros.pipeline.object_box`.
+    """
+    detections = []
+    for i, p in enumerate(poses):
+        centre, size = boxes[i] if boxes is not None else object_box(p)
+        hypothesis = ObjectHypothesisWithPose(
+            hypothesis=ObjectHypothesis(class_id=p.class_name, score=float(p.score)),
+            pose=PoseWithCovariance(pose=pose_message(p.R, p.t)),
+        )
+        bbox = BoundingBox3D(
+            center=pose_message(p.R, centre),
+            size=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
+        )
+        detections.append(Detection3D(
+            header=header, results=[hypothesis], bbox=bbox,
+            id=ids[i] if ids is not None else p.key,
+        ))
+    return Detection3DArray(header=header, detections=detections)
+
+
+def poses_from_detections(msg: Detection3DArray) -> list[ObjectPose]:
+    """ObjectPoses back from a Detection3DArray (best hypothesis each; ``key`` = ``id``).
+
+    ``size`` is the bbox size; for mugs that is the tight box (see ``pipeline.object_box``).
+    """
+    poses = []
+    for det in msg.detections:
+        if not det.results:
+            continue
+        best = max(det.results, key=lambda r: r.hypothesis.score)
+        name = best.hypothesis.class_id
+        if name not in CLASS_IDS:
+            raise ValueError(f"detection {det.id!r}: unknown class {name!r} (known: {CATEGORIES})")
+        R, t = pose_from_message(best.pose.pose)
+        s = det.bbox.size
+        poses.append(ObjectPose(
+            class_id=CLASS_IDS[name], score=float(best.hypothesis.score), R=R, t=t,
+            size=np.array([s.x, s.y, s.z]), key=det.id,
+        ))
+    return poses
+
+
+def _color(name: str, alpha: float) -> ColorRGBA:
+    r, g, b = OVERLAY_COLORS[name]
+    return ColorRGBA(r=r, g=g, b=b, a=alpha)
+
+
+def marker_array(
+    header: Header, poses: Sequence[ObjectPose], removed: Sequence[str], namespace: str
+) -> MarkerArray:
+    """Box, axes and label per object (namespace ``<namespace>/<key>``, ids 0..2); DELETE
+    markers for the objects whose tracks ended, so nothing stale stays in RViz."""
+    markers = []
+    for key in removed:
+        for marker_id in (MARKER_BOX, MARKER_AXES, MARKER_LABEL):
+            markers.append(Marker(
+                header=header, ns=f"{namespace}/{key}", id=marker_id, action=Marker.DELETE
+            ))
+    for p in poses:
+        ns = f"{namespace}/{p.key}"
+        centre, size = object_box(p)
+        box = Marker(header=header, ns=ns, id=MARKER_BOX, type=Marker.CUBE, action=Marker.ADD)
+        box.pose = pose_message(p.R, centre)
+        box.scale = Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))
+        box.color = _color(p.class_name, 0.35)
+        axes = Marker(header=header, ns=ns, id=MARKER_AXES, type=Marker.LINE_LIST,
+                      action=Marker.ADD)
+        axes.pose = pose_message(p.R, p.t)
+        axes.scale = Vector3(x=0.004, y=0.0, z=0.0)
+        axis_len = 0.6 * float(np.max(p.size))
+        for k, rgb in enumerate(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))):
+            tip = [0.0, 0.0, 0.0]
+            tip[k] = axis_len
+            axes.points += [Point(), Point(x=tip[0], y=tip[1], z=tip[2])]
+            axes.colors += [ColorRGBA(r=rgb[0], g=rgb[1], b=rgb[2], a=1.0)] * 2
+        label = Marker(header=header, ns=ns, id=MARKER_LABEL, type=Marker.TEXT_VIEW_FACING,
+                       action=Marker.ADD)
+        # Above the object in the camera frame (y points down).
+        label.pose = Pose(position=Point(
+            x=float(centre[0]), y=float(centre[1] - 0.6 * np.max(size) - 0.02),
+            z=float(centre[2]),
+        ))
+        label.pose.orientation.w = 1.0
+        label.scale = Vector3(x=0.0, y=0.0, z=0.03)
+        label.color = _color(p.class_name, 1.0)
+        label.text = f"{p.key} {p.score:.2f}"
+        markers += [box, axes, label]
+    return MarkerArray(markers=markers)
+
+
+# ---------------------------------------------------------------------------- tf2_ros stand-in
+
+
+def make_transform_broadcaster(node) -> Callable[[TFMessage], None]:
+    """A function that sends a TFMessage on /tf: tf2_ros's broadcaster when it imports, else a
+    publisher with the same QoS (reliable, keep last 100, volatile)."""
+    try:
+        from tf2_ros import TransformBroadcaster
+    except ImportError:
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        qos = QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        publisher = node.create_publisher(TFMessage, "/tf", qos)
+        return publisher.publish
+    broadcaster = TransformBroadcaster(node)
+    return lambda msg: broadcaster.sendTransform(list(msg.transforms))
+
+
+# ---------------------------------------------------------------------------- message_filters
+
+
+class ApproximateSync:
+    """Approximate-time synchronisation of N topics (what message_filters'
+    ApproximateTimeSynchronizer does, for machines where it does not import).
+
+    Each topic keeps its newest ``queue_size`` messages. When a message arrives, the other
+    queues are searched for the message closest in stamp; if every topic has one within
+    ``slop`` seconds of it, the set is emitted and everything up to it is dropped from the
+    queues, so a set is emitted at most once and never older than one already emitted.
+    """
+
+    def __init__(
+        self, n_topics: int, queue_size: int, slop_s: float, callback: Callable[..., None]
+    ) -> None:
+        if n_topics < 2 or queue_size < 1 or slop_s < 0:
+            raise ValueError("ApproximateSync: need >= 2 topics, queue_size >= 1, slop >= 0")
+        self.queues: list[deque] = [deque(maxlen=queue_size) for _ in range(n_topics)]
+        self.slop_ns = int(slop_s * 1e9)
+        self.callback = callback
+        self.lock = threading.Lock()
+
+    def add(self, index: int, msg, stamp_ns: int | None = None) -> None:
+        """Feed the message of topic ``index`` (stamp from its header unless given)."""
+        stamp = stamp_to_ns(msg.header.stamp) if stamp_ns is None else stamp_ns
+        with self.lock:
+            self.queues[index].append((stamp, msg))
+            chosen = []
+            for j, queue in enumerate(self.queues):
+                if j == index:
+                    chosen.append((stamp, msg))
+                    continue
+                best = min(queue, key=lambda item: abs(item[0] - stamp), default=None)
+                if best is None or abs(best[0] - stamp) > self.slop_ns:
+                    return
+                chosen.append(best)
+            for queue, (s, _) in zip(self.queues, chosen, strict=True):
+                while queue and queue[0][0] <= s:
+                    queue.popleft()
+        self.callback(*(m for _, m in chosen))
+
+
+def make_synchronizer(
+    node, msg_types: Sequence[type], topics: Sequence[str], qos, queue_size: int, slop_s: float,
+    callback: Callable[..., None], raw_callbacks: Sequence[Callable[[object], None]] = (),
+):
+    """Subscriptions to ``topics`` synchronised by stamp; returns what keeps them alive.
+
+    message_filters' ApproximateTimeSynchronizer when it imports, else :class:`ApproximateSync`.
+    ``raw_callbacks[i]`` (optional) also sees every message of topic i as it arrives (the node
+    counts input rates with it).
+    """
+    def tap(i: int, feed: Callable[[object], None]) -> Callable[[object], None]:
+        def receive(msg) -> None:
+            if i < len(raw_callbacks):
+                raw_callbacks[i](msg)
+            feed(msg)
+        return receive
+
+    try:
+        import message_filters
+    except ImportError:
+        sync = ApproximateSync(len(topics), queue_size, slop_s, callback)
+        subs = [
+            node.create_subscription(t, topic, tap(i, lambda m, i=i: sync.add(i, m)), qos)
+            for i, (t, topic) in enumerate(zip(msg_types, topics, strict=True))
+        ]
+        return sync, subs
+    filters = [
+        message_filters.Subscriber(node, t, topic, qos_profile=qos)
+        for t, topic in zip(msg_types, topics, strict=True)
+    ]
+    sync = message_filters.ApproximateTimeSynchronizer(filters, queue_size, slop_s)
+    sync.registerCallback(callback)
+    for i, f in enumerate(filters):
+        if i < len(raw_callbacks):
+            f.registerCallback(raw_callbacks[i])
+    return sync, filters
