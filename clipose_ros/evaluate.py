@@ -57,9 +57,39 @@ class GroundTruthMasks:
     def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
         mask = nf.read_mask(prefix)
         return [
-            Instance(int(c), 1.0, mask == iid, np.asarray(b))
-            for iid, c, b in zip(label.instance_ids, label.class_ids, label.bboxes, strict=True)
+            Instance(int(c), 1.0, mask == iid, np.asarray(b), model_name=str(m))
+            for iid, c, b, m in zip(
+                label.instance_ids, label.class_ids, label.bboxes, label.model_list, strict=True
+            )
         ]
+
+
+def attach_model_names(prefix: Path, label: nf.FrameLabel, instances: list[Instance]) -> None:
+    """Name each unnamed instance after the ground-truth instance its mask overlaps most.
+
+    Only the NOCS-map reference needs model names (a mug's label frame is per model).
+    """
+    unnamed = [inst for inst in instances if not inst.model_name]
+    if not unnamed:
+        return
+    gt = nf.read_mask(prefix)
+    models = dict(zip(label.instance_ids.tolist(), label.model_list, strict=True))
+    for inst in unnamed:
+        ids, counts = np.unique(gt[inst.mask], return_counts=True)
+        keep = ids != nf.BACKGROUND_ID
+        if keep.any():
+            best = int(ids[keep][np.argmax(counts[keep])])
+            inst.model_name = str(models.get(best, ""))
+
+
+def find_mug_meta(data: Path) -> Path | None:
+    """``obj_models/mug_meta.pkl`` beside the split folder (ours: OUT/obj_models; NOCS/SPD:
+    data/obj_models next to data/Real/test or data/CAMERA/val)."""
+    for parent in (data.parent, data.parent.parent):
+        path = parent / "obj_models" / nf.MUG_META_FILE
+        if path.is_file():
+            return path
+    return None
 
 
 class ResultFileMasks:
@@ -194,7 +224,10 @@ def run_evaluation(
         tqdm(frames, unit="frame", desc="evaluate", disable=not progress)
     ):
         frame, label = load_frame(prefix, default_K, estimator.needs_nocs_map)
-        poses = estimator.estimate(frame, masks.instances(data, prefix, label))
+        instances = masks.instances(data, prefix, label)
+        if estimator.needs_nocs_map:
+            attach_model_names(prefix, label, instances)
+        poses = estimator.estimate(frame, instances)
         result = frame_result(prefix, label, poses, model_extents)
         result["image_path"] = str(prefix)
         key = frame_key(data, prefix)
@@ -213,9 +246,14 @@ def run_evaluation(
     return scores
 
 
-def build_estimator(name: str) -> PoseEstimator:
+def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None
+                    ) -> PoseEstimator:
     if name == "nocs-map":
-        return NocsMapEstimator()
+        path = mug_meta or (find_mug_meta(data) if data is not None else None)
+        if path is None:
+            log.warning("no obj_models/%s found: mug poses stay in the coordinate-map frame",
+                        nf.MUG_META_FILE)
+        return NocsMapEstimator(mug_meta=nf.load_mug_meta(path) if path else None)
     raise ValueError(f"unknown estimator {name!r} (available: nocs-map)")
 
 
@@ -239,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         "--model-extents", type=Path, default=None,
         help="JSON or pickle: model name -> NOCS extents, for labels that store only scales",
     )
+    parser.add_argument(
+        "--mug-meta", type=Path, default=None,
+        help="SPD's mug_meta.pkl for the NOCS-map reference (default: obj_models/ beside --data)",
+    )
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument(
         "--vis", type=int, default=8, help="draw boxes on the first N frames into OUT/vis"
@@ -246,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log_to_terminal_and_file(args.out, "eval.log")
     try:
-        estimator = build_estimator(args.estimator)
+        estimator = build_estimator(args.estimator, args.data, args.mug_meta)
         masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))
         model_extents = (
             nf.load_model_extents(args.model_extents) if args.model_extents else None

@@ -44,6 +44,9 @@ class Instance:
     score: float
     mask: np.ndarray  # (H, W) bool
     bbox: np.ndarray  # (4,) y1, x1, y2, x2 as in the NOCS files
+    # Object model behind the instance, when a dataset knows it (the NOCS-map reference needs
+    # it to put a mug's coordinate-map fit into the label frame); "" otherwise.
+    model_name: str = ""
 
     @property
     def class_name(self) -> str:

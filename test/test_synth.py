@@ -10,9 +10,10 @@ import pytest
 
 from clipose_ros.categories import CATEGORIES, is_symmetric
 from clipose_ros.data import nocs_format as nf
+from clipose_ros.data.shapes import PART_BODY, PART_HANDLE, make_instance
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.geometry import rotation_angle_deg
+from clipose_ros.geometry import backproject_pixels, rotation_angle_deg, umeyama
 from clipose_ros.structures import Frame, Instance
 
 
@@ -29,7 +30,9 @@ def _frames(root):
 
 
 def test_umeyama_from_rendered_nocs_map_recovers_labelled_pose(exact_scenes):
-    estimator = NocsMapEstimator(seed=0)
+    # Mugs: the coordinate map is tight-box, the label on the body axis; mug_meta connects them.
+    mug_meta = nf.load_mug_meta(exact_scenes / "obj_models" / nf.MUG_META_FILE)
+    estimator = NocsMapEstimator(seed=0, mug_meta=mug_meta)
     seen: dict[str, int] = {}
     for prefix in _frames(exact_scenes):
         label = nf.read_label(prefix)
@@ -42,7 +45,8 @@ def test_umeyama_from_rendered_nocs_map_recovers_labelled_pose(exact_scenes):
         for k, class_id in enumerate(label.class_ids):
             if visible[k] < 1000:  # mm depth quantisation dominates tiny, occluded slivers
                 continue
-            inst = Instance(int(class_id), 1.0, mask == label.instance_ids[k], label.bboxes[k])
+            inst = Instance(int(class_id), 1.0, mask == label.instance_ids[k], label.bboxes[k],
+                            model_name=label.model_list[k])
             (pose,) = estimator.estimate(frame, [inst])
             R_gt = label.rotations[k]
             if is_symmetric(int(class_id), bool(label.handle_visibility[k])):
@@ -56,6 +60,58 @@ def test_umeyama_from_rendered_nocs_map_recovers_labelled_pose(exact_scenes):
             assert abs(pose.nocs_scale / label.scales[k] - 1) < 0.01, f"{prefix} {name}"
             seen[name] = seen.get(name, 0) + 1
     assert set(seen) == set(CATEGORIES), f"categories covered: {seen}"
+
+
+def _mug_views(root):
+    """(label, k, camera points, coordinate-map points) of every well-visible mug."""
+    for prefix in _frames(root):
+        label = nf.read_label(prefix)
+        mask, depth, coord = nf.read_mask(prefix), nf.read_depth(prefix), nf.read_coord(prefix)
+        for k, class_id in enumerate(label.class_ids):
+            if CATEGORIES[class_id - 1] != "mug" or label.extra["visible_pixels"][k] < 1000:
+                continue
+            rows, cols = np.nonzero((mask == label.instance_ids[k]) & (depth > 0))
+            cam = backproject_pixels(depth, label.extra["K"], rows, cols)
+            yield label, k, cam, coord[rows, cols].astype(np.float64)
+
+
+def test_mug_labels_are_the_symmetric_box_about_the_body_axis(exact_scenes):
+    checked = 0
+    for label, k, cam, coord in _mug_views(exact_scenes):
+        _, split, index = label.model_list[k].rsplit("_", 2)
+        inst = make_instance("mug", split, int(index))
+        # The body axis of the built mesh, in NOCS units, is where the label puts x = 0.
+        body = inst.mesh.vertices[np.unique(inst.mesh.faces[inst.part_ids == PART_BODY])]
+        axis_x = (body[:, 0].min() + body[:, 0].max()) / 2.0
+        shift, scale = nf.symmetric_label_frame(inst.mesh.vertices)
+        assert shift[0] == pytest.approx(-axis_x, abs=1e-6)
+        sym = scale * (inst.mesh.vertices + shift)
+        np.testing.assert_allclose(label.nocs_extents[k], 2 * np.abs(sym).max(0), atol=1e-9)
+        assert np.linalg.norm(label.nocs_extents[k]) == pytest.approx(1.0, abs=1e-9)
+        handle = sym[np.unique(inst.mesh.faces[inst.part_ids == PART_HANDLE])]
+        assert handle[:, 0].min() > 0.0  # handle at +x of the label origin
+        # The label pose maps label-frame points onto the observed surface (exact depth, mm).
+        R, t, s = label.rotations[k], label.translations[k], label.scales[k]
+        predicted = (s * (R @ (scale * (coord + shift)).T)).T + t
+        assert np.median(np.linalg.norm(predicted - cam, axis=1)) < 0.002
+        checked += 1
+    assert checked >= 2, "too few visible mugs in the scenes"
+
+
+def test_spd_mug_meta_relation_holds_both_ways(exact_scenes):
+    mug_meta = nf.load_mug_meta(exact_scenes / "obj_models" / nf.MUG_META_FILE)
+    checked = 0
+    for label, k, cam, coord in _mug_views(exact_scenes):
+        shift, scale = mug_meta[label.model_list[k]]
+        s_coord, R, t_coord = umeyama(coord, cam)  # the pose the coordinate map gives
+        s_label, t_label = nf.label_pose_from_coord_pose(s_coord, R, t_coord, shift, scale)
+        assert s_label == pytest.approx(label.scales[k], rel=0.01)
+        assert np.linalg.norm(t_label - label.translations[k]) < 0.003
+        s_back, t_back = nf.coord_pose_from_label_pose(s_label, R, t_label, shift, scale)
+        assert s_back == pytest.approx(s_coord, rel=1e-12)
+        np.testing.assert_allclose(t_back, t_coord, atol=1e-12)
+        checked += 1
+    assert checked >= 2
 
 
 def test_files_masks_boxes_and_yolo_labels_agree(exact_scenes):

@@ -14,11 +14,17 @@ A frame ``<dir>/<XXXX>`` consists of
   ``instance_ids`` (n,) int, ``class_ids`` (n,) int 1..6, ``bboxes`` (n, 4) int as
   ``y1, x1, y2, x2``, ``scales`` (n,) float scale factor s in metres, ``rotations`` (n, 3, 3),
   ``translations`` (n, 3) metres, ``model_list`` list of model names, ``handle_visibility``
-  (n,) int; ours adds ``nocs_extents`` (n, 3) tight box extents in NOCS units, and
-  ``camera_convention``: ``"opencv"`` (x right, y down, z forward). Files without that key are
-  assumed OpenCV-frame, as the SPD labels are.
+  (n,) int; ours adds ``nocs_extents`` (n, 3) extents of the labelled box in its own units,
+  and ``camera_convention``: ``"opencv"`` (x right, y down, z forward). Files without that key
+  are assumed OpenCV-frame, as the SPD labels are.
 
 The pose convention is ``p_cam = s * R @ p_nocs + t`` (DESIGN.md).
+
+Mugs (SPD convention, as GPV-Pose, HS-Pose and CLIPose train and evaluate): the label's
+``R, t, s`` and extents refer to a box symmetric about the mug body's axis, not to the tight box
+of the coordinate map. Per model, ``p_label = scale * (p_coord + shift)`` with ``shift`` along x
+(SPD's ``mug_meta``: ``model name -> [shift, scale]``, in ``obj_models/mug_meta.pkl``); see
+:func:`symmetric_label_frame` and :func:`label_pose_from_coord_pose`.
 """
 
 from __future__ import annotations
@@ -374,3 +380,65 @@ def load_model_extents(path: str | Path) -> dict[str, np.ndarray]:
         return {str(k): np.asarray(v, np.float64).reshape(3) for k, v in dict(raw).items()}
     except Exception as err:  # noqa: BLE001 - any failure means a bad file
         raise NocsFormatError(f"cannot read model extents from {path}: {err}") from err
+
+
+# --------------------------------------------------------------------------- mug label frame
+
+MUG_META_FILE = "mug_meta.pkl"  # in obj_models/, as SPD's preprocessing writes it
+
+
+def symmetric_label_frame(model_points: np.ndarray) -> tuple[np.ndarray, float]:
+    """SPD's mug re-label from a model's tight-box NOCS points: ``(shift, scale)``.
+
+    The body's axis is found from the z extent (the plain diameter) and the -x side (the body
+    wall opposite the handle): ``shift`` moves it to x = 0, and ``scale`` makes the box that is
+    symmetric about it (2 max|x|, 2 max|y|, 2 max|z|) have diagonal 1.
+    """
+    pts = np.asarray(model_points, dtype=np.float64).reshape(-1, 3)
+    shift_x = (pts[:, 2].min() - pts[:, 2].max()) / 2.0 - pts[:, 0].min()
+    shift = np.array([shift_x, 0.0, 0.0])
+    size = 2.0 * np.abs(pts + shift).max(axis=0)
+    return shift, float(1.0 / np.linalg.norm(size))
+
+
+def label_pose_from_coord_pose(
+    s: float, R: np.ndarray, t: np.ndarray, shift: np.ndarray, scale: float
+) -> tuple[float, np.ndarray]:
+    """Coordinate-map pose ``(s, R, t)`` -> label pose ``(s', t')``; R is the same.
+
+    From ``p_cam = s R p_coord + t`` and ``p_label = scale (p_coord + shift)``:
+    ``p_cam = (s / scale) R p_label + (t - s R shift)`` (SPD writes exactly this).
+    """
+    return s / scale, np.asarray(t, np.float64) - s * np.asarray(R) @ np.asarray(shift)
+
+
+def coord_pose_from_label_pose(
+    s_label: float, R: np.ndarray, t_label: np.ndarray, shift: np.ndarray, scale: float
+) -> tuple[float, np.ndarray]:
+    """Inverse of :func:`label_pose_from_coord_pose`."""
+    s = s_label * scale
+    return s, np.asarray(t_label, np.float64) + s * np.asarray(R) @ np.asarray(shift)
+
+
+def write_mug_meta(path: str | Path, meta: Mapping[str, tuple[np.ndarray, float]]) -> None:
+    """SPD's ``mug_meta.pkl``: model name -> ``[shift (3,), scale]``."""
+    with open(path, "wb") as f:
+        pickle.dump({k: [np.asarray(v[0], np.float64), float(v[1])] for k, v in meta.items()}, f)
+
+
+def load_mug_meta(path: str | Path) -> dict[str, tuple[np.ndarray, float]]:
+    """Read a ``mug_meta.pkl`` (ours or SPD's) into model name -> ``(shift (3,), scale)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise NocsFormatError(f"mug meta file does not exist: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f)
+        return {
+            str(k): (np.asarray(v[0], np.float64).reshape(3), float(v[1])) for k, v in raw.items()
+        }
+    except Exception as err:  # noqa: BLE001 - any unpickling or shape problem means a bad file
+        raise NocsFormatError(
+            f"cannot read mug meta from {path} (expected model name -> [shift (3,), scale]): "
+            f"{err}"
+        ) from err

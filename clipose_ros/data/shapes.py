@@ -16,10 +16,15 @@ Conventions per category (metric construction, before normalisation):
 
 - bottle, bowl, can, mug body: surfaces of revolution about y with ``SEGMENTS`` sections, so the
   symmetric categories are exactly invariant under a rotation of ``360 / SEGMENTS`` degrees.
-- mug: handle on the +x side.
-- camera: lens along +z (front), grip bump on the -x side, viewfinder hump and button on top.
-- laptop: base slab in the x-z plane, hinge along x at the back (-z) edge, lid rising from it with
-  the screen facing +z (and up when the lid is opened past 90 degrees).
+- mug: handle on the +x side. Labels put the mug origin on the body axis (SPD convention,
+  ``ShapeInstance.label_frame``); the mesh and the coordinate maps stay in the tight box.
+- camera: lens along +x, body width along z, viewfinder hump and button on top, grip at +z.
+  About one in five is a body without a lens, shallow in x (the real NOCS camera models).
+- laptop: base slab in the x-z plane, hinge along z at the -x edge, lid rising from it (leaning
+  further to -x past 90 degrees), typing edge at +x, width along z.
+
+Camera and laptop are built in a construction frame (front along +z, width along x) and turned
+by ``_FRONT_Z_TO_X`` (+90 degrees about y) into the NOCS frame.
 
 Part ids per face: 0 = body, 1 = mug handle, 2 = detail parts (lens, cap, lid, buttons, ...).
 """
@@ -34,6 +39,7 @@ import numpy as np
 import trimesh
 
 from clipose_ros.categories import CATEGORIES, CLASS_IDS, MEAN_SIZES_M
+from clipose_ros.data.nocs_format import symmetric_label_frame
 
 SPLITS: tuple[str, ...] = ("train", "test")
 SEGMENTS = 64  # sections of every surface of revolution
@@ -44,6 +50,12 @@ _SEED_SALT = zlib.crc32(b"clipose_ros.data.shapes/v1")
 # Revolve builds about z; this proper rotation maps (x, y, z) -> (x, z, -y), i.e. z onto y.
 _Z_TO_Y = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+# +90 degrees about y: (x, y, z) -> (z, y, -x); the construction frame's front (+z) becomes +x
+# and its width (x) runs along z.
+_FRONT_Z_TO_X = np.array(
+    [[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
 
 Part = tuple[trimesh.Trimesh, int]
@@ -70,6 +82,25 @@ class ShapeInstance:
     def size(self) -> np.ndarray:
         """Metric tight box extents in metres, ``scale * nocs_extents`` (DESIGN.md pose rule)."""
         return self.scale * self.nocs_extents
+
+    @property
+    def label_frame(self) -> tuple[np.ndarray, float]:
+        """``(shift, scale)`` from the mesh's tight-box NOCS frame to the frame labels use.
+
+        Identity for every category but mugs, whose labels (SPD convention) sit on the body
+        axis with a symmetric box: ``p_label = scale * (p_nocs + shift)``.
+        """
+        if self.category != "mug":
+            return np.zeros(3), 1.0
+        return symmetric_label_frame(self.mesh.vertices)
+
+    @property
+    def label_extents(self) -> np.ndarray:
+        """Extents of the labelled box in label units (the tight box but for mugs)."""
+        if self.category != "mug":
+            return self.nocs_extents
+        shift, scale = self.label_frame
+        return 2.0 * scale * np.abs(self.mesh.vertices + shift).max(axis=0)
 
     @property
     def name(self) -> str:
@@ -303,15 +334,22 @@ def _bowl(p: _Params) -> list[Part]:
 
 
 def _camera(p: _Params) -> list[Part]:
-    """Body box (plain or bevelled), lens barrel along +z, grip bump at -x, top hump, button."""
-    ext = p.target_extents("camera")
+    """Body box (plain or bevelled), lens barrel at the front, grip bump, top hump, button.
+
+    Built with the front along +z and the width along x, then turned so the lens points along
+    +x and the width runs along z (the NOCS camera frame).
+    """
+    ext = p.target_extents("camera")[[2, 1, 0]]  # construction frame: width, height, depth
     grip_radius = p.uniform("grip_radius", 0.006, 0.014)
     width = p.set("body_width", ext[0] - grip_radius)
     hump_height = p.uniform("hump_height", 0.008, 0.022)
     body_height = p.set("body_height", ext[1] - hump_height)
-    depth_ratio = p.uniform("body_depth_ratio", 0.38, 0.6)
-    body_depth = p.set("body_depth", ext[2] * depth_ratio)
-    lens_length = p.set("lens_length", ext[2] - body_depth)
+    has_lens = p.flag("has_lens", 0.8)
+    if has_lens:
+        body_depth = p.set("body_depth", ext[2] * p.uniform("body_depth_ratio", 0.38, 0.6))
+    else:  # a bare body: as deep as the mount and grip need, much shallower than wide
+        body_depth = p.set("body_depth", ext[2] * p.uniform("body_depth_ratio", 0.55, 0.8))
+    lens_length = p.set("lens_length", ext[2] - body_depth if has_lens else 0.0)
     rounded = p.flag("rounded_body", 0.6)
     chamfer = p.uniform("chamfer", 0.03, 0.12) * min(width, body_height, body_depth)
     body = _chamfered_box([-width / 2, 0.0, 0.0], [width / 2, body_height, body_depth],
@@ -327,18 +365,22 @@ def _camera(p: _Params) -> list[Part]:
     lens_y = body_height / 2.0 + p.uniform("lens_offset_y", -0.5, 0.3) * max(
         body_height / 2.0 - mount_radius, 0.0)
     p.set("lens_radius", lens_radius)
-    z0 = body_depth - 0.002
-    z_mount = body_depth + 0.12 * lens_length
-    z_ring = body_depth + p.uniform("focus_ring_pos", 0.45, 0.75) * lens_length
-    ring_len = 0.18 * lens_length
     axis = (lens_x, lens_y)
-    parts.append((_cylinder([*axis, z0], [*axis, z_mount], mount_radius), PART_DETAIL))
-    parts.append((_cylinder([*axis, z0], [*axis, body_depth + lens_length], lens_radius),
-                  PART_DETAIL))
-    ring_radius = min(lens_radius * p.uniform("focus_ring_ratio", 1.02, 1.08), mount_radius)
-    parts.append((_cylinder([*axis, z_ring], [*axis, min(z_ring + ring_len,
-                                                           body_depth + lens_length)],
-                            ring_radius), PART_DETAIL))
+    z0 = body_depth - 0.002
+    if has_lens:
+        z_mount = body_depth + 0.12 * lens_length
+        z_ring = body_depth + p.uniform("focus_ring_pos", 0.45, 0.75) * lens_length
+        ring_len = 0.18 * lens_length
+        parts.append((_cylinder([*axis, z0], [*axis, z_mount], mount_radius), PART_DETAIL))
+        parts.append((_cylinder([*axis, z0], [*axis, body_depth + lens_length], lens_radius),
+                      PART_DETAIL))
+        ring_radius = min(lens_radius * p.uniform("focus_ring_ratio", 1.02, 1.08), mount_radius)
+        parts.append((_cylinder([*axis, z_ring], [*axis, min(z_ring + ring_len,
+                                                               body_depth + lens_length)],
+                                ring_radius), PART_DETAIL))
+    else:  # body cap over the empty mount: a thin disc
+        parts.append((_cylinder([*axis, z0], [*axis, body_depth + 0.004], mount_radius),
+                      PART_DETAIL))
 
     # Grip: a vertical rounded bump on the -x face near the front.
     grip_z = body_depth - grip_radius - p.uniform("grip_inset", 0.0, 0.25) * body_depth
@@ -367,6 +409,13 @@ def _camera(p: _Params) -> list[Part]:
     bz = body_depth - max(0.2 * body_depth, button_r + 0.002)
     parts.append((_cylinder([bx, body_height - 0.002, bz], [bx, body_height + button_h, bz],
                             button_r, 20), PART_DETAIL))
+    return _turned(parts)
+
+
+def _turned(parts: list[Part]) -> list[Part]:
+    """Construction frame (front +z, width x) -> NOCS frame (front +x, width z)."""
+    for part, _ in parts:
+        part.apply_transform(_FRONT_Z_TO_X)
     return parts
 
 
@@ -398,9 +447,14 @@ def _can(p: _Params) -> list[Part]:
 
 
 def _laptop(p: _Params) -> list[Part]:
-    """Base slab, lid slab hinged on the base's back (-z) edge, keyboard deck, screen panel."""
-    # Laptops vary less in size than in opening angle, and the angle sets the y / z proportions.
-    ext = p.target_extents("laptop", spread=0.08)
+    """Base slab, lid slab hinged on the base's back edge, keyboard deck, screen panel.
+
+    Built with the hinge along x at the -z edge, then turned so the hinge runs along z at the -x
+    edge and the typing edge is at +x (the NOCS laptop frame).
+    """
+    # Laptops vary less in size than in opening angle, and the angle sets the y / depth
+    # proportions. Construction frame: x = width (NOCS z), z = depth (NOCS x).
+    ext = p.target_extents("laptop", spread=0.08)[[2, 1, 0]]
     width = p.set("width", ext[0])
     base_t = p.uniform("base_thickness", 0.012, 0.024)
     lid_ratio = p.uniform("lid_length_ratio", 0.85, 1.0)
@@ -410,7 +464,7 @@ def _laptop(p: _Params) -> list[Part]:
     # (z / y ~ 1.7) implies wide-open lids; no single depth hits both mean extents at every angle
     # (an upright full-length lid makes y ~ z), so blend the two depths that would, in log space,
     # leaning on y: per instance y stays within about +-35 % and z within -35 % of the mean.
-    mean_y, mean_z = MEAN_SIZES_M["laptop"][1:] * p.values["size_factor"]
+    mean_y, mean_z = MEAN_SIZES_M["laptop"][[1, 0]] * p.values["size_factor"]
     depth_for_z = mean_z / (1.0 + lid_ratio * max(0.0, -np.cos(angle)))
     depth_for_y = (mean_y - base_t) / (lid_ratio * np.sin(angle))
     depth = p.set("base_depth", float(depth_for_z**0.4 * depth_for_y**0.6))
@@ -444,7 +498,7 @@ def _laptop(p: _Params) -> list[Part]:
     for part in (lid, screen):
         part.apply_transform(hinge)
         parts.append((part, PART_DETAIL))
-    return parts
+    return _turned(parts)
 
 
 def _mug(p: _Params) -> list[Part]:
@@ -452,7 +506,9 @@ def _mug(p: _Params) -> list[Part]:
     ext = p.target_extents("mug")
     radius = p.set("radius", ext[2] / 2.0)  # z extent is the plain diameter
     height = p.set("height", ext[1])
-    handle_out = p.set("handle_reach", max(ext[0] - 2.0 * radius, 0.018))
+    # The mean x extent is the label's symmetric box (SPD convention): the handle counts on
+    # both sides of the body axis, so it reaches out (x / 2 - radius), about 1.6 cm on average.
+    handle_out = p.set("handle_reach", max(ext[0] / 2.0 - radius, 0.012))
     bottom_radius = radius * p.uniform("taper_ratio", 0.84, 1.0)
     wall = p.uniform("wall_thickness", 0.003, 0.006)
     floor = p.uniform("floor_thickness", 0.005, 0.01)

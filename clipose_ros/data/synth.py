@@ -8,7 +8,9 @@ plus the instance meshes and YOLO segmentation labels for training a segmenter.
 Output layout::
 
     OUT/<split>/<scene:05d>/<frame:04d>_{color,depth,mask,coord}.png, _meta.txt, _label.pkl
-    OUT/obj_models/<split>/<model_name>.obj   NOCS-space mesh; .json beside it: params, scale
+    OUT/obj_models/<split>/<model_name>.obj   NOCS-space mesh; .json beside it: params, scale,
+                                              label frame (shift, scale; identity but for mugs)
+    OUT/obj_models/mug_meta.pkl               SPD's mug_meta: model name -> [shift, scale]
     OUT/yolo/images/<split>/<scene>_<frame>.png -> the colour image (symlink)
     OUT/yolo/labels/<split>/<scene>_<frame>.txt, OUT/yolo/data.yaml
 """
@@ -273,16 +275,21 @@ def render_frame(
         if p.instance.category == "mug":
             handle_pixels = int(np.count_nonzero(out.part.reshape(-1)[pixels] == HANDLE_PART))
             handle_visible = int(handle_pixels >= cfg.min_handle_pixels)
+        # Labels in the label frame (the mug's symmetric box); the coord map stays tight-box.
+        shift, label_scale = p.instance.label_frame
+        s_label, t_label = nf.label_pose_from_coord_pose(
+            p.instance.scale, obj.R, obj.t, shift, label_scale
+        )
         instances.append(
             dict(
                 instance_id=instance_id,
                 class_id=CLASS_IDS[p.instance.category],
                 model=p.instance.name,
                 bbox=[int(rows[0]), int(cols.min()), int(rows[-1]) + 1, int(cols.max()) + 1],
-                scale=float(p.instance.scale),
+                scale=float(s_label),
                 R=obj.R,
-                t=obj.t,
-                nocs_extents=np.asarray(p.instance.nocs_extents, dtype=np.float64),
+                t=t_label,
+                nocs_extents=np.asarray(p.instance.label_extents, dtype=np.float64),
                 handle_visibility=handle_visible,
                 visible_pixels=count,
             )
@@ -361,12 +368,17 @@ def _write_model(out: Path, split: str, inst: ShapeInstance) -> None:
     if path.exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
+    shift, label_scale = inst.label_frame
     info = dict(
         category=inst.category,
         params=inst.params,
         scale=inst.scale,
         nocs_extents=np.asarray(inst.nocs_extents).tolist(),
         size_m=np.asarray(inst.size).tolist(),
+        # p_label = label_scale * (p_nocs + label_shift); identity but for mugs (mug_meta.pkl)
+        label_shift=np.asarray(shift).tolist(),
+        label_scale=float(label_scale),
+        label_extents=np.asarray(inst.label_extents).tolist(),
     )
     tmp = folder / f".{inst.name}.{os.getpid()}"
     inst.mesh.export(str(tmp) + ".obj")
@@ -434,6 +446,21 @@ def write_yolo_yaml(out: Path) -> None:
     (out / "yolo" / "data.yaml").write_text("\n".join(lines) + "\n")
 
 
+def write_mug_meta(out: Path) -> None:
+    """Collect every mug model's label frame into ``obj_models/mug_meta.pkl`` (SPD's file).
+
+    Written once after the workers finish, from the per-model JSON files, so parallel workers
+    never write the same file.
+    """
+    meta = {}
+    for info_path in sorted((out / "obj_models").glob("*/*.json")):
+        info = json.loads(info_path.read_text())
+        if info.get("category") == "mug":
+            meta[info_path.stem] = (np.asarray(info["label_shift"]), float(info["label_scale"]))
+    if meta:
+        nf.write_mug_meta(out / "obj_models" / nf.MUG_META_FILE, meta)
+
+
 def _tune_malloc() -> None:
     """Keep freed heap memory in the process instead of handing it back to the OS (glibc only).
 
@@ -499,6 +526,7 @@ def generate(
     bar.close()
     elapsed = time.perf_counter() - start
     write_yolo_yaml(out)
+    write_mug_meta(out)
     fps = scenes * frames_per_scene / elapsed
     n_frames = scenes * frames_per_scene
     log.info("%s: %d frames in %.1f s (%.2f frames/s)", split, n_frames, elapsed, fps)
