@@ -50,6 +50,7 @@ from clipose_ros.data.render import (
 from clipose_ros.data.shapes import ShapeInstance, make_instance
 from clipose_ros.geometry import look_at, rotation_about_axis
 from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.yolo_labels import link_image, write_data_yaml, yolo_lines
 
 log = logging.getLogger("clipose.synth")
 HANDLE_PART = 1
@@ -340,28 +341,6 @@ def write_frame(prefix: Path, frame: dict) -> None:
     nf.write_label(prefix, label)
 
 
-def yolo_polygons(mask: np.ndarray, instances: list[dict]) -> list[str]:
-    """One YOLO-seg line per instance: class index (0..5) and its largest outer contour."""
-    h, w = mask.shape
-    lines = []
-    for inst in instances:
-        # Contour a window: the box grown by the 1-pixel margin findContours treats as empty.
-        y1, x1, y2, x2 = inst["bbox"]
-        y1, x1, y2, x2 = max(y1 - 1, 0), max(x1 - 1, 0), min(y2 + 1, h), min(x2 + 1, w)
-        binary = (mask[y1:y2, x1:x2] == inst["instance_id"]).view(np.uint8)
-        contours, _ = cv2.findContours(
-            binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1)
-        )
-        if not contours:
-            continue
-        contour = max(contours, key=cv2.contourArea).reshape(-1, 2)
-        if len(contour) < 3:
-            continue
-        coords = " ".join(f"{x / w:.5f} {y / h:.5f}" for x, y in contour)
-        lines.append(f"{inst['class_id'] - 1} {coords}")
-    return lines
-
-
 def _write_model(out: Path, split: str, inst: ShapeInstance) -> None:
     folder = out / "obj_models" / split
     path = folder / f"{inst.name}.obj"
@@ -418,32 +397,12 @@ def generate_scene(args: tuple) -> int:
         prefix = scene_dir / f"{f:04d}"
         write_frame(prefix, frame)
         stem = f"{scene:05d}_{f:04d}"
-        link = yolo_img / f"{stem}.png"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.relpath(nf.frame_path(prefix, "color.png"), yolo_img))
-        lines = yolo_polygons(frame["mask"], frame["instances"])
+        link_image(nf.frame_path(prefix, "color.png"), yolo_img / f"{stem}.png")
+        inst = frame["instances"]
+        lines = yolo_lines(frame["mask"], [i["instance_id"] for i in inst],
+                           [i["class_id"] for i in inst], [i["bbox"] for i in inst])
         (yolo_lbl / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
     return frames
-
-
-def write_yolo_yaml(out: Path) -> None:
-    """The ultralytics dataset file: train on ``train``, validate on ``test``.
-
-    Ultralytics needs both keys; a dataset that has only one split names it for both, with a
-    comment saying so.
-    """
-    splits = sorted(p.name for p in (out / "yolo" / "images").iterdir() if p.is_dir())
-    if not splits:
-        return
-    train = "train" if "train" in splits else splits[0]
-    val = "test" if "test" in splits else splits[0]
-    lines = [f"path: {(out / 'yolo').resolve()}", f"train: images/{train}", f"val: images/{val}"]
-    if train == val:
-        lines.insert(0, f"# only the '{train}' split exists: it serves as train and val")
-    lines.append("names:")
-    lines += [f"  {i}: {name}" for i, name in enumerate(CATEGORIES)]
-    (out / "yolo" / "data.yaml").write_text("\n".join(lines) + "\n")
 
 
 def write_mug_meta(out: Path) -> None:
@@ -525,7 +484,7 @@ def generate(
             bar.update(generate_scene(job))
     bar.close()
     elapsed = time.perf_counter() - start
-    write_yolo_yaml(out)
+    write_data_yaml(out / "yolo")
     write_mug_meta(out)
     fps = scenes * frames_per_scene / elapsed
     n_frames = scenes * frames_per_scene
