@@ -28,6 +28,8 @@ setup(
         "console_scripts": [
             "clipose-synth = clipose_ros.data.synth:main",
             "clipose-eval = clipose_ros.evaluate:main",
+            "clipose-yolo-labels = clipose_ros.yolo_labels:main",
+            "clipose-train-seg = clipose_ros.segmentation:train_main",
         ],
     },
 )
