@@ -1,7 +1,8 @@
 """``clipose-eval``: score a pose estimator on a NOCS-format test folder, the NOCS way.
 
-For every frame: instance masks (ground truth, or per-frame mask files in the NOCS results
-format), then the estimator, then one result pickle in the NOCS results convention. At the end:
+For every frame: instance masks from a segmenter (``segmentation.py``: ground truth, per-frame
+mask files in the NOCS results format, or a YOLO-seg model), then the estimator, then one result
+pickle in the NOCS results convention. At the end:
 ``metrics.json`` (both IoU modes), a per-class table per mode on the terminal, and one PNG of
 AP curves per mode. Everything lands in ``--out``, with a log file.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import pickle
 import time
 from pathlib import Path
 
@@ -24,6 +24,9 @@ from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
 from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.segmentation import GroundTruthMasks as GroundTruthMasks
+from clipose_ros.segmentation import ResultFileMasks as ResultFileMasks
+from clipose_ros.segmentation import Segmenter, SegmenterWeightsError, build_segmenter
 from clipose_ros.structures import Frame, Instance, ObjectPose
 from clipose_ros.visualize import draw_pose
 
@@ -49,19 +52,6 @@ def load_frame(
         nocs_map=nf.read_coord(prefix) if with_nocs_map else None,
     )
     return frame, label
-
-
-class GroundTruthMasks:
-    """Instances from the frame's own ``_mask.png`` and label: the pose-only evaluation."""
-
-    def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
-        mask = nf.read_mask(prefix)
-        return [
-            Instance(int(c), 1.0, mask == iid, np.asarray(b), model_name=str(m))
-            for iid, c, b, m in zip(
-                label.instance_ids, label.class_ids, label.bboxes, label.model_list, strict=True
-            )
-        ]
 
 
 def attach_model_names(prefix: Path, label: nf.FrameLabel, instances: list[Instance]) -> None:
@@ -90,61 +80,6 @@ def find_mug_meta(data: Path) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-class ResultFileMasks:
-    """Instances from per-frame mask files: a pickle with class ids (n,), scores (n,), masks
-    (H, W, n) and boxes (n, 4, y1 x1 y2 x2), under the NOCS results keys (``pred_class_ids``,
-    ``pred_scores``, ``pred_masks``, ``pred_bboxes``) or those of the Mask R-CNN results that
-    SPD distributes (``class_ids``, ``scores``, ``masks``, ``rois``). Files are looked up as
-    ``results_<frame key>.pkl``, ``<frame key>.pkl`` or ``results_<root name>_<frame key>.pkl``
-    (SPD: ``results_test_scene_1_0000.pkl`` for ``Real/test/scene_1/0000``)."""
-
-    KEYS = {
-        "masks": ("pred_masks", "masks"),
-        "class_ids": ("pred_class_ids", "class_ids"),
-        "scores": ("pred_scores", "scores"),
-        "boxes": ("pred_bboxes", "rois"),
-    }
-
-    def __init__(self, folder: Path) -> None:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"mask folder does not exist: {folder}")
-        self.folder = folder
-
-    def instances(self, root: Path, prefix: Path, label: nf.FrameLabel) -> list[Instance]:
-        key = frame_key(root, prefix)
-        for name in (f"results_{key}.pkl", f"{key}.pkl", f"results_{root.name}_{key}.pkl"):
-            path = self.folder / name
-            if path.is_file():
-                break
-        else:
-            raise nf.NocsFormatError(f"no mask file for frame {key} in {self.folder}")
-        try:
-            with open(path, "rb") as f:
-                data = pickle.load(f)
-            fields = {}
-            for field, candidates in self.KEYS.items():
-                found = [k for k in candidates if k in data]
-                if not found:
-                    raise KeyError(f"none of the keys {candidates}")
-                fields[field] = np.asarray(data[found[0]])
-            class_ids = fields["class_ids"].reshape(-1)
-            scores = fields["scores"].reshape(-1)
-            boxes = fields["boxes"].reshape(-1, 4)
-            masks = fields["masks"].astype(bool)
-        except Exception as err:  # noqa: BLE001 - any failure here means a bad mask file
-            raise nf.NocsFormatError(f"cannot read mask file {path}: {err}") from err
-        if len(class_ids) == 0:  # a frame without detections
-            return []
-        if masks.ndim != 3 or masks.shape[2] != len(class_ids):
-            raise nf.NocsFormatError(
-                f"{path}: pred_masks shape {masks.shape} does not hold {len(class_ids)} masks"
-            )
-        return [
-            Instance(int(class_ids[i]), float(scores[i]), masks[:, :, i], boxes[i])
-            for i in range(len(class_ids))
-        ]
 
 
 def frame_result(
@@ -201,7 +136,7 @@ def write_overlay(path: Path, frame: Frame, result: dict, poses: list[ObjectPose
 def run_evaluation(
     data: Path,
     estimator: PoseEstimator,
-    masks: GroundTruthMasks | ResultFileMasks,
+    masks: Segmenter,
     out: Path,
     default_K: np.ndarray = CAMERA_INTRINSICS,
     max_frames: int | None = None,
@@ -211,12 +146,14 @@ def run_evaluation(
 ) -> dict:
     """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics.
 
-    The first ``vis_frames`` frames are also drawn with their boxes into ``out/vis``.
+    The first ``vis_frames`` frames are also drawn with their boxes into ``out/vis``. A
+    segmenter that reports ``last_timings`` gets its median ``segment_ms`` into the metrics.
     """
     frames = nf.list_frames(data, labelled=True)[:max_frames]
     results_dir = out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    segment_ms = []
     start = time.perf_counter()
     if vis_frames:
         (out / "vis").mkdir(exist_ok=True)
@@ -224,7 +161,9 @@ def run_evaluation(
         tqdm(frames, unit="frame", desc="evaluate", disable=not progress)
     ):
         frame, label = load_frame(prefix, default_K, estimator.needs_nocs_map)
-        instances = masks.instances(data, prefix, label)
+        instances = masks.segment(frame)
+        if getattr(masks, "last_timings", None):
+            segment_ms.append(masks.last_timings["segment_ms"])
         if estimator.needs_nocs_map:
             attach_model_names(prefix, label, instances)
         poses = estimator.estimate(frame, instances)
@@ -240,6 +179,10 @@ def run_evaluation(
     scores = metrics.evaluate(results)
     scores["data"] = str(data)
     scores["estimator"] = type(estimator).__name__
+    scores["segmenter"] = type(masks).__name__
+    if segment_ms:
+        scores["segment_ms_median"] = float(np.median(segment_ms))
+        log.info("segmentation: median %.1f ms per frame", scores["segment_ms_median"])
     (out / "metrics.json").write_text(json.dumps(scores, indent=1, allow_nan=False))
     for mode in metrics.IOU_MODES:
         metrics.plot_ap_curves(scores, out / f"ap_curves_{mode}.png", mode)
@@ -267,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--masks", default="gt",
-        help="'gt' for ground-truth masks, or a folder of NOCS-results mask pickles",
+        help="'gt' for ground-truth masks, a folder of NOCS-results / SPD Mask R-CNN mask "
+        "pickles, or yolo:WEIGHTS for a YOLO-seg model (.pt, .onnx, *_openvino_model)",
     )
     parser.add_argument(
         "--intrinsics", choices=["camera", "real"], default="camera",
@@ -289,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal_and_file(args.out, "eval.log")
     try:
         estimator = build_estimator(args.estimator, args.data, args.mug_meta)
-        masks = GroundTruthMasks() if args.masks == "gt" else ResultFileMasks(Path(args.masks))
+        masks = build_segmenter(args.masks)
         model_extents = (
             nf.load_model_extents(args.model_extents) if args.model_extents else None
         )
@@ -297,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
             args.data, estimator, masks, args.out, nf.resolve_intrinsics(args.intrinsics),
             args.max_frames, vis_frames=args.vis, model_extents=model_extents,
         )
-    except (nf.NocsFormatError, FileNotFoundError, ValueError) as err:
+    except (
+        nf.NocsFormatError, FileNotFoundError, ValueError, SegmenterWeightsError
+    ) as err:
         raise SystemExit(f"clipose-eval: {err}") from err
     for mode in metrics.IOU_MODES:
         print(metrics.format_table(scores, mode))
