@@ -28,6 +28,9 @@ setup(
         "console_scripts": [
             "clipose-synth = clipose_ros.data.synth:main",
             "clipose-eval = clipose_ros.evaluate:main",
+            "pose_node = clipose_ros.node:main",
+            "synthetic_camera = clipose_ros.synthetic_camera:main",
+            "clipose-demo = clipose_ros.demo:main",
             "clipose-yolo-labels = clipose_ros.yolo_labels:main",
             "clipose-train-seg = clipose_ros.segmentation:train_main",
         ],
