@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_LOCALHOST_ONLY ?= 1
 
-.PHONY: setup test lint demo clean-venv
+.PHONY: setup test lint demo demo-eval clean-venv
 
 setup:
 	@VENV=$(VENV) bash scripts/setup_env.sh
@@ -18,10 +18,17 @@ lint: setup
 test: lint
 	$(PY) -m pytest test
 
-# The embedded default job until the node arrives: render NOCS-format scenes with exact ground
-# truth, score the NOCS-map (Umeyama + RANSAC) reference on them, write tables and AP plots.
-DEMO_OUT ?= out/demo
+# The main job: the synthetic camera and the pose node as two processes over loopback DDS for
+# DEMO_SECONDS, a live line per second (rates, latency, drops, objects, error against ground
+# truth), then a summary; overlays and summary.json land in demo_out/.
+DEMO_SECONDS ?= 30
 demo: setup
+	$(VENV)/bin/clipose-demo --duration $(DEMO_SECONDS) --out demo_out
+
+# The evaluation demo: render NOCS-format scenes with exact ground truth, score the NOCS-map
+# (Umeyama + RANSAC) reference on them, write tables and AP plots.
+DEMO_OUT ?= out/demo
+demo-eval: setup
 	$(VENV)/bin/clipose-synth --out $(DEMO_OUT)/data --split test --scenes 12 \
 		--frames-per-scene 2 --seed 0
 	$(VENV)/bin/clipose-eval --data $(DEMO_OUT)/data/test --out $(DEMO_OUT)/eval

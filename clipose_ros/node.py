@@ -163,7 +163,7 @@ def declare_parameters(node, specs: tuple[Param, ...]) -> dict[str, Any]:
             value = node.declare_parameter(p.name, p.default, descriptor).value
         except ParameterException as err:
             allowed = f" (allowed: {p.low} .. {p.high})" if p.low is not None else ""
-            raise ParameterError(f"parameter {p.name}: {err}{allowed}") from err
+            raise ParameterError(f"parameter {p.name}: refused: {err}{allowed}") from err
         if p.choices and value not in p.choices:
             raise ParameterError(
                 f"parameter {p.name}: {value!r} is not one of {', '.join(p.choices)}"
@@ -190,8 +190,14 @@ class WarningThrottle:
                 return
             self.last[kind] = now
             extra = self.suppressed.pop(kind, 0)
-        suffix = f" ({extra} more like it since the last message)" if extra else ""
-        getattr(self.log, level)(message + suffix)
+        text = message + (f" ({extra} more like it since the last message)" if extra else "")
+        # rclpy ties a severity to each call site: one call per level.
+        if level == "info":
+            self.log.info(text)
+        elif level == "error":
+            self.log.error(text)
+        else:
+            self.log.warning(text)
 
 
 class RateMeter:
@@ -393,6 +399,7 @@ def _make_node_class():
             if self.debug_pub.get_subscription_count() > 0:
                 image = draw_overlay(frame.rgb, frame.K, result.poses)
                 self.debug_pub.publish(rc.image_message(image, "rgb8", header))
+                self.counts["debug_images"] += 1
             publish_ms = (time.perf_counter() - start) * 1e3
             for key, value in result.timings.items():
                 self.stage_ms[key].append(value)
@@ -427,6 +434,7 @@ def _make_node_class():
                 "frames_dropped": str(self.counts["dropped"]),
                 "frames_rejected": str(sum(self.rejected.values())),
                 "frames_failed": str(self.counts["failed"]),
+                "debug_images": str(self.counts["debug_images"]),
                 "objects": str(self.last_objects),
                 "device": self.device,
                 **self.model_files,
@@ -445,10 +453,11 @@ def _make_node_class():
             self.diag_pub.publish(msg)
 
         def destroy_node(self) -> None:
-            with self._cond:
-                self._running = False
-                self._cond.notify()
-            self._worker.join(timeout=5.0)
+            if hasattr(self, "_worker"):  # not when start-up failed half-way
+                with self._cond:
+                    self._running = False
+                    self._cond.notify()
+                self._worker.join(timeout=5.0)
             super().destroy_node()
 
     return PoseNode, rclpy

@@ -30,7 +30,7 @@ log = logging.getLogger("clipose.pipeline")
 # about it: x extent = 2 * (body radius + handle reach). The tight box around the real mug
 # spans [-r, r + h] along x. MUG_BODY_FRACTION = r / (r + h), measured on the generator's mugs
 # (test_pipeline checks it against them), turns one into the other for the published bbox.
-MUG_BODY_FRACTION = 0.62
+MUG_BODY_FRACTION = 0.78
 # One colour per category (RGB, 0..1): markers, debug image and demo overlays share them.
 OVERLAY_COLORS = {
     "bottle": (0.12, 0.47, 0.71),

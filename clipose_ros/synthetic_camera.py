@@ -252,7 +252,7 @@ def _make_camera_class():
             self.published += 1
 
         def destroy_node(self) -> None:
-            if self._tmp:
+            if getattr(self, "_tmp", None):
                 shutil.rmtree(self._tmp, ignore_errors=True)
             super().destroy_node()
 
