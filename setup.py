@@ -33,6 +33,8 @@ setup(
             "clipose-demo = clipose_ros.demo:main",
             "clipose-yolo-labels = clipose_ros.yolo_labels:main",
             "clipose-train-seg = clipose_ros.segmentation:train_main",
+            "clipose-train = clipose_ros.train:main",
+            "clipose-export = clipose_ros.model.export:main",
         ],
     },
 )

@@ -111,3 +111,95 @@ class NocsMapEstimator:
                 )
             )
         return poses
+
+
+class CliposeEstimator:
+    """The exported pose network (``clipose-export`` TorchScript file), batched over a frame's
+    instances. Points come from ``clipose_ros.points.prepare_points`` with the preparation
+    stored in the model file, so run time sees what training saw; each instance samples with a
+    generator seeded by ``seed`` (results do not depend on the order of instances).
+
+    ``last_timings`` holds ``points_ms`` and ``pose_ms`` of the last call. Instances with too
+    few points give no pose (logged). Bad files raise ``ModelFileError`` (from the loader).
+    """
+
+    needs_nocs_map = False
+
+    def __init__(self, model_path: str, device: str = "cpu", seed: int = 0) -> None:
+        from clipose_ros.model.loader import load_pose_model
+
+        module, meta = load_pose_model(model_path, device)
+        self._setup(module, meta, device, seed)
+        self.model_path = str(model_path)
+
+    @classmethod
+    def from_module(
+        cls, module, points_config, device: str = "cpu", seed: int = 0
+    ) -> CliposeEstimator:
+        """An estimator around an in-memory module (``clipose-train`` validation)."""
+        self = cls.__new__(cls)
+        self._setup(module, {"points": points_config.to_dict()}, device, seed)
+        self.model_path = ""
+        return self
+
+    def _setup(self, module, meta: dict, device: str, seed: int) -> None:
+        from clipose_ros.points import PointsConfig
+
+        self.module = module
+        self.meta = meta
+        self.device = device
+        self.seed = int(seed)
+        self.points_config = PointsConfig.from_dict(meta["points"])
+        self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
+
+    def prepare(
+        self, frame: Frame, instances: list[Instance], rngs: list | None = None
+    ) -> tuple[np.ndarray, list[int]]:
+        """Points (M, N, 3) float32 of the usable instances and their indices in ``instances``."""
+        from clipose_ros.points import prepare_points_with_reason
+
+        batch, kept = [], []
+        for i, inst in enumerate(instances):
+            rng = rngs[i] if rngs is not None else np.random.default_rng(self.seed)
+            pts, _, reason = prepare_points_with_reason(
+                frame.depth, inst.mask, frame.K, self.points_config, rng
+            )
+            if pts is None:
+                log.info("class %d: %s, no pose", inst.class_id, reason)
+                continue
+            batch.append(pts)
+            kept.append(i)
+        n = self.points_config.n_points
+        return np.asarray(batch, dtype=np.float32).reshape(-1, n, 3), kept
+
+    def estimate(self, frame: Frame, instances: list[Instance]) -> list[ObjectPose]:
+        import time
+
+        import torch
+
+        start = time.perf_counter()
+        points, kept = self.prepare(frame, instances)
+        mid = time.perf_counter()
+        poses: list[ObjectPose] = []
+        if kept:
+            cls = torch.tensor([instances[i].class_id for i in kept], dtype=torch.int64)
+            with torch.no_grad():
+                R, t, size, _conf = self.module(
+                    torch.from_numpy(points).to(self.device), cls.to(self.device)
+                )
+            R, t, size = (x.cpu().double().numpy() for x in (R, t, size))
+            for j, i in enumerate(kept):
+                inst = instances[i]
+                poses.append(
+                    ObjectPose(
+                        class_id=inst.class_id,
+                        score=inst.score,
+                        R=R[j],
+                        t=t[j],
+                        size=size[j],
+                        bbox=np.asarray(inst.bbox),
+                    )
+                )
+        end = time.perf_counter()
+        self.last_timings = {"points_ms": 1e3 * (mid - start), "pose_ms": 1e3 * (end - mid)}
+        return poses

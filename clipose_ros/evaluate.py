@@ -22,8 +22,9 @@ from tqdm import tqdm
 from clipose_ros import metrics
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data import nocs_format as nf
-from clipose_ros.estimators import NocsMapEstimator, PoseEstimator
+from clipose_ros.estimators import CliposeEstimator, NocsMapEstimator, PoseEstimator
 from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.model.loader import ModelFileError
 from clipose_ros.segmentation import GroundTruthMasks as GroundTruthMasks
 from clipose_ros.segmentation import ResultFileMasks as ResultFileMasks
 from clipose_ros.segmentation import Segmenter, SegmenterWeightsError, build_segmenter
@@ -189,15 +190,19 @@ def run_evaluation(
     return scores
 
 
-def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None
-                    ) -> PoseEstimator:
+def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None,
+                    model: Path | None = None) -> PoseEstimator:
     if name == "nocs-map":
         path = mug_meta or (find_mug_meta(data) if data is not None else None)
         if path is None:
             log.warning("no obj_models/%s found: mug poses stay in the coordinate-map frame",
                         nf.MUG_META_FILE)
         return NocsMapEstimator(mug_meta=nf.load_mug_meta(path) if path else None)
-    raise ValueError(f"unknown estimator {name!r} (available: nocs-map)")
+    if name == "clipose":
+        if model is None:
+            raise ValueError("--estimator clipose needs --model PATH (e.g. models/clipose_pose.pt)")
+        return CliposeEstimator(str(model))
+    raise ValueError(f"unknown estimator {name!r} (available: nocs-map, clipose)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,7 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--estimator", default="nocs-map",
-        help="nocs-map: Umeyama+RANSAC from the frames' NOCS maps (ceiling reference)",
+        help="nocs-map: Umeyama+RANSAC from the frames' NOCS maps (ceiling reference); "
+        "clipose: the exported pose network given by --model",
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="exported pose model for --estimator clipose (clipose-export output)",
     )
     parser.add_argument(
         "--masks", default="gt",
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log_to_terminal_and_file(args.out, "eval.log")
     try:
-        estimator = build_estimator(args.estimator, args.data, args.mug_meta)
+        estimator = build_estimator(args.estimator, args.data, args.mug_meta, args.model)
         masks = build_segmenter(args.masks)
         model_extents = (
             nf.load_model_extents(args.model_extents) if args.model_extents else None
@@ -242,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             args.max_frames, vis_frames=args.vis, model_extents=model_extents,
         )
     except (
-        nf.NocsFormatError, FileNotFoundError, ValueError, SegmenterWeightsError
+        nf.NocsFormatError, FileNotFoundError, ValueError, SegmenterWeightsError, ModelFileError
     ) as err:
         raise SystemExit(f"clipose-eval: {err}") from err
     for mode in metrics.IOU_MODES:

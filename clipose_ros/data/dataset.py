@@ -68,11 +68,11 @@ from clipose_ros.data.nocs_format import (
     read_mask,
     resolve_intrinsics,
 )
-from clipose_ros.geometry import backproject_pixels, sample_indices, valid_depth_pixels
+from clipose_ros.geometry import valid_depth_pixels
+from clipose_ros.points import NUM_POINTS, PointsConfig, prepare_points_with_reason
 
 logger = logging.getLogger(__name__)
 
-NUM_POINTS = 1028
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN (RGB)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD (RGB)
 _ROTATION_TOLERANCE = 1e-2  # max |R^T R - I| entry accepted (then re-orthonormalised)
@@ -123,6 +123,46 @@ def _orthonormalize(R: np.ndarray, where: str) -> np.ndarray:
     return U @ Vt
 
 
+def prepare_instance(
+    depth: np.ndarray,
+    mask: np.ndarray,
+    K: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    s: float,
+    extents: np.ndarray,
+    name: str,
+    aug: AugmentConfig,
+    points_config: PointsConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, int] | None:
+    """Points and (augmented) labels of one instance: the reader's and the training cache's
+    common path, so both feed the network exactly what ``prepare_points`` gives at run time.
+
+    Returns ``(points, R, t, s, nocs_extents, usable point count)`` or None when the instance
+    has too few points. The random mask erosion runs before ``prepare_points``, the scale,
+    pose and jitter augmentations after it, in that order (each with its own probability).
+    """
+    if aug.mask_erosion and rng.random() < aug.erosion_prob:
+        eroded = erode_mask(mask, rng, aug.erosion_max_kernel)
+        if len(valid_depth_pixels(depth, eroded)[0]) >= points_config.min_points:
+            mask = eroded  # never let erosion make a sample unusable
+    points, count, _ = prepare_points_with_reason(depth, mask, K, points_config, rng)
+    if points is None:
+        return None
+    points = points.astype(np.float64)
+    R, t, e = R.copy(), t.copy(), np.array(extents, dtype=np.float64)
+    if aug.scale_perturbation and rng.random() < aug.scale_prob:
+        points, s, e = perturb_scale(
+            points, R, t, s, e, rng, aug.scale_range, tie_xz=name in SYMMETRIC_CATEGORIES
+        )
+    if aug.pose_perturbation and rng.random() < aug.pose_prob:
+        points, R, t = perturb_pose(points, R, t, rng, aug.max_rotation_deg, aug.max_translation_m)
+    if aug.point_jitter and rng.random() < aug.jitter_prob:
+        points = jitter_points(points, rng, aug.jitter_sigma_m, aug.jitter_clip_m)
+    return points, R, t, float(s), e, count
+
+
 class NocsInstanceDataset(Dataset):
     """Per-instance samples of a NOCS-format dataset (see the module docstring).
 
@@ -156,13 +196,15 @@ class NocsInstanceDataset(Dataset):
         categories: Sequence[int | str] | None = None,
         prefilter_points: bool = False,
         load_rgb: bool = True,
+        points_config: PointsConfig | None = None,
     ) -> None:
         """Index ``root`` (labels only unless ``prefilter_points``).
 
         ``augment`` defaults to ``AugmentConfig.preset(train)``; ``model_extents`` maps model
         names to NOCS extents, used for labels that have neither ``nocs_extents`` (ours) nor
         ``size`` (SPD test labels), i.e. the SPD train labels, which store only scales;
-        ``categories`` keeps only these class ids or names.
+        ``categories`` keeps only these class ids or names; ``points_config`` sets the points
+        preparation (default: ``PointsConfig`` with ``num_points`` and ``min_points``).
         """
         if num_points < 1 or min_points < 1:
             raise ValueError("num_points and min_points must be positive")
@@ -172,8 +214,12 @@ class NocsInstanceDataset(Dataset):
             raise ValueError("seed must be non-negative")
         self.root = Path(root)
         self.default_K = resolve_intrinsics(intrinsics)
-        self.num_points = int(num_points)
-        self.min_points = int(min_points)
+        # Points preparation (clipose_ros/points.py); ``points_config`` wins over the two sizes.
+        self.points_config = points_config or PointsConfig(
+            n_points=int(num_points), min_points=int(min_points)
+        )
+        self.num_points = self.points_config.n_points
+        self.min_points = self.points_config.min_points
         self.crop_size = int(crop_size)
         self.crop_scale = float(crop_scale)
         self.augment = augment if augment is not None else AugmentConfig.preset(train)
@@ -317,6 +363,25 @@ class NocsInstanceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._frame_of)
 
+    def instance_label(self, index: int) -> dict:
+        """Everything the index knows about one instance (no image read): frame prefix,
+        instance id, class id, R, t, s, NOCS extents, handle visibility, bbox, K, model name.
+        Used by the training cache (clipose_ros/model/cache.py)."""
+        j = int(index)
+        return {
+            "frame": self.frame_of(j),
+            "instance_id": int(self._instance_id[j]),
+            "class_id": int(self.instance_class_ids[j]),
+            "R": self._R[j].copy(),
+            "t": self._t[j].copy(),
+            "s": float(self._s[j]),
+            "extents": self._extents_arr[j].copy(),
+            "handle_visible": bool(self._handle[j]),
+            "bbox": self._bbox[j].copy(),
+            "K": self._Ks[self._frame_K[self._frame_of[j]]].copy(),
+            "model_name": str(self._model[j]),
+        }
+
     def frame_of(self, index: int) -> str:
         """Frame prefix of an instance, without loading anything."""
         return str(self._frames[self._frame_of[index]])
@@ -373,29 +438,16 @@ class NocsInstanceDataset(Dataset):
             self._mark_too_few(j, len(rows))
             return None
 
-        aug = self.augment
         cid = int(self.instance_class_ids[j])
         name = class_name(cid)
-        if aug.mask_erosion and rng.random() < aug.erosion_prob:
-            eroded = valid_depth_pixels(depth, erode_mask(inst, rng, aug.erosion_max_kernel))
-            if len(eroded[0]) >= self.min_points:  # never let erosion make a sample unusable
-                rows, cols = eroded
-        count = len(rows)
-        points = backproject_pixels(depth, K, rows, cols)
-        points = points[sample_indices(len(points), self.num_points, rng)]
-
-        R, t = self._R[j].copy(), self._t[j].copy()
-        s, e = float(self._s[j]), self._extents_arr[j].copy()
-        if aug.scale_perturbation and rng.random() < aug.scale_prob:
-            points, s, e = perturb_scale(
-                points, R, t, s, e, rng, aug.scale_range, tie_xz=name in SYMMETRIC_CATEGORIES
-            )
-        if aug.pose_perturbation and rng.random() < aug.pose_prob:
-            points, R, t = perturb_pose(
-                points, R, t, rng, aug.max_rotation_deg, aug.max_translation_m
-            )
-        if aug.point_jitter and rng.random() < aug.jitter_prob:
-            points = jitter_points(points, rng, aug.jitter_sigma_m, aug.jitter_clip_m)
+        prepared = prepare_instance(
+            depth, inst, K, self._R[j], self._t[j], float(self._s[j]), self._extents_arr[j],
+            name, self.augment, self.points_config, rng,
+        )
+        if prepared is None:
+            self._mark_too_few(j, len(rows))
+            return None
+        points, R, t, s, e, count = prepared
 
         handle = bool(self._handle[j])
         sample = {

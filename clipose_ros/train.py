@@ -1,0 +1,597 @@
+"""``clipose-train``: train the pose network on NOCS-format folders.
+
+One YAML config (``config/train.yaml``) plus ``--set section.key=value`` overrides. Frames are
+decoded once into a training cache (``clipose_ros/model/cache.py``); augmentations run on the
+cached samples. AdamW with linear warm-up and cosine decay, fixed seeds, AMP on CUDA, several
+GPUs through ``torchrun`` (DDP with a ``DistributedSampler``, no code change), resumable
+checkpoints (model, optimiser, scheduler, epoch, position in the epoch, config, history).
+Validation every ``val_every`` epochs runs ``clipose-eval``'s ``run_evaluation`` on a held-out
+folder (whole scenes held out of the training folder unless ``data.val`` names one).
+
+Outputs in ``--out``: ``train.log``, ``metrics.csv`` (one row per epoch), ``curves.png``
+(losses and validation metrics), ``checkpoints/last.pt`` (every ``checkpoint_minutes`` and at
+each epoch end), ``checkpoints/final.pt``, ``val/epoch_NNN/`` (clipose-eval outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from clipose_ros import metrics as nocs_metrics
+from clipose_ros.data.augment import AugmentConfig
+from clipose_ros.data.nocs_format import NocsFormatError, list_frames, resolve_intrinsics
+from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.model.cache import CachedInstances, CacheError, ensure_cache
+from clipose_ros.model.checkpoint import (
+    CheckpointError,
+    config_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
+from clipose_ros.model.losses import LossWeights, pose_losses
+from clipose_ros.model.network import NetConfig, PoseNet
+from clipose_ros.points import PointsConfig
+
+log = logging.getLogger("clipose.train")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
+VAL_KEYS = ("IoU50", "IoU75", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
+LOSS_KEYS = ("total", "rot_y", "rot_x", "conf", "translation", "size", "point_coords")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used (names the key)."""
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """YAML config with ``section.key=value`` overrides (values parsed as YAML)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config {path} is not a mapping")
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} is not section.key=value")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in cfg or not isinstance(cfg[section], dict) or name not in cfg[section]:
+            raise ConfigError(f"override {item!r}: no key {key} in the config")
+        new = yaml.safe_load(value)
+        if isinstance(cfg[section][name], float) and isinstance(new, str | int):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                new = float(new)
+            except ValueError as err:
+                raise ConfigError(f"override {item!r}: {name} must be a number") from err
+        cfg[section][name] = new
+    for section in ("data", "points", "augment", "net", "loss", "optim", "train"):
+        if not isinstance(cfg.get(section), dict):
+            raise ConfigError(f"config {path}: section {section!r} missing")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def holdout_split(root: Path, out: Path, fraction: float, seed: int) -> tuple[Path, Path]:
+    """Hold out whole scene folders: symlink trees ``out/train`` and ``out/val`` of ``root``.
+
+    Frames of one scene share their objects and viewpoint, so the held-out part is split by
+    scene. Returns (train root, val root).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    frames = list_frames(root, labelled=True)
+    scenes = sorted({p.parent for p in frames})
+    if len(scenes) < 2:
+        raise ConfigError(f"{root} has {len(scenes)} scene folder(s): set data.val to a folder")
+    rng = random.Random(seed)
+    n_val = max(1, round(fraction * len(scenes)))
+    val_scenes = set(rng.sample(scenes, n_val))
+    for name in ("train", "val"):
+        target = out / name
+        if target.exists():
+            for p in sorted(target.rglob("*"), reverse=True):
+                p.unlink() if p.is_symlink() or p.is_file() else p.rmdir()
+            target.rmdir()
+    for scene in scenes:
+        dest = out / ("val" if scene in val_scenes else "train") / scene.relative_to(root)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in scene.iterdir():
+            if f.is_file():
+                (dest / f.name).symlink_to(f.resolve())
+    log.info("held out %d of %d scenes of %s for validation", n_val, len(scenes), root)
+    return out / "train", out / "val"
+
+
+class ResumableSampler(Sampler[int]):
+    """Indices of a (distributed) epoch, optionally skipping the first ``skip`` of them."""
+
+    def __init__(self, base: Sampler[int], skip: int = 0) -> None:
+        self.base = base
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.base)[self.skip :])
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- schedule
+
+
+def lr_lambda(total_steps: int, warmup: int, min_ratio: float):
+    """Linear warm-up to 1, cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def pose_error_summary(results: list[dict]) -> dict[str, float]:
+    """Median rotation (deg, symmetry-aware) and translation (cm) error of each prediction
+    against the nearest ground truth of its class: a smooth signal next to the APs."""
+    rot, trans = [], []
+    for r in results:
+        sym = np.array(
+            [
+                nocs_metrics.is_symmetric(int(c), bool(h))
+                for c, h in zip(r["gt_class_ids"], r["gt_handle_visibility"], strict=True)
+            ],
+            dtype=bool,
+        )
+        if len(r["pred_class_ids"]) == 0 or len(r["gt_class_ids"]) == 0:
+            continue
+        deg, cm = nocs_metrics.pose_error_matrix(r["pred_RTs"], r["gt_RTs"], sym)
+        for i, c in enumerate(r["pred_class_ids"]):
+            same = np.nonzero(np.asarray(r["gt_class_ids"]) == c)[0]
+            if len(same) == 0:
+                continue
+            j = same[np.argmin(cm[i, same])]
+            rot.append(deg[i, j])
+            trans.append(cm[i, j])
+    if not rot:
+        return {"median_rot_deg": float("nan"), "median_trans_cm": float("nan")}
+    return {"median_rot_deg": float(np.median(rot)), "median_trans_cm": float(np.median(trans))}
+
+
+def validate(
+    net: PoseNet,
+    val_root: Path,
+    points: PointsConfig,
+    out: Path,
+    K: np.ndarray,
+    max_frames: int | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """``clipose-eval``'s ``run_evaluation`` (ground-truth masks) on the held-out folder."""
+    from clipose_ros.estimators import CliposeEstimator
+    from clipose_ros.evaluate import GroundTruthMasks, run_evaluation
+
+    was_training = net.training
+    net.eval()
+    estimator = CliposeEstimator.from_module(net, points, device=str(device))
+    scores = run_evaluation(
+        val_root, estimator, GroundTruthMasks(), out, K, max_frames, progress=False, vis_frames=0
+    )
+    results = [nocs_metrics.load_result(p) for p in sorted((out / "results").glob("*.pkl"))]
+    net.train(was_training)
+    row: dict[str, float] = {}
+    for mode in nocs_metrics.IOU_MODES:
+        mean = scores["modes"][mode]["classes"]["mean"]
+        for k in VAL_KEYS:
+            if k.startswith("IoU") or mode == "exact":
+                name = f"{k}_{mode}" if k.startswith("IoU") else k
+                row[f"val_{name}"] = float(mean[k]) if mean[k] is not None else float("nan")
+    row.update({f"val_{k}": v for k, v in pose_error_summary(results).items()})
+    return row
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+def write_csv(path: Path, history: list[dict]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_curves(path: Path, history: list[dict]) -> None:
+    """Losses (left) and validation metrics (right) over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ep = [r["epoch"] for r in history]
+    for k in LOSS_KEYS:
+        a.plot(ep, [r.get(f"loss_{k}", np.nan) for r in history], label=k)
+    a.set_yscale("log")
+    a.set_xlabel("epoch")
+    a.set_title("training losses (epoch means)")
+    a.legend(fontsize=8)
+    val = [r for r in history if "val_IoU50_exact" in r]
+    for k in ("val_IoU50_exact", "val_IoU50_nocs", "val_10deg5cm", "val_5deg5cm", "val_5deg2cm"):
+        b.plot([r["epoch"] for r in val], [r.get(k, np.nan) for r in val], "o-", label=k[4:])
+    b.set_xlabel("epoch")
+    b.set_ylabel("mAP (%)")
+    b.set_title("validation (clipose-eval, held-out scenes)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+class RawOutputs(torch.nn.Module):
+    """``net.predict`` as a forward, so that DDP can wrap the training outputs."""
+
+    def __init__(self, net: PoseNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, points: torch.Tensor, class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net.predict(points, class_ids)
+
+
+def _select_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: dict[str, Any], out: Path, resume: Path | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) a training; returns the final history row. See the module docstring."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
+    device = _select_device(str(tc["device"]), local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_rank = rank == 0
+    if int(tc.get("threads", 0)) > 0:
+        torch.set_num_threads(int(tc["threads"]))
+    seed = int(tc["seed"])
+    _seed_everything(seed)
+    out.mkdir(parents=True, exist_ok=True)
+
+    try:
+        points = PointsConfig(**cfg["points"])
+        net_cfg = NetConfig.from_dict(cfg["net"])
+        weights = LossWeights.from_dict(cfg["loss"])
+        augment = AugmentConfig.preset(True, **cfg["augment"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config: {err}") from err
+
+    state = None
+    if resume is not None:  # checked before any data work, so a bad file fails fast
+        state = load_checkpoint(resume, map_location=device)
+        old = state["config"]
+        if old.get("net") != cfg["net"] or old.get("points") != cfg["points"]:
+            raise CheckpointError(
+                f"checkpoint {resume} was trained with net {old.get('net')} and points "
+                f"{old.get('points')}, this config has net {cfg['net']} and points "
+                f"{cfg['points']}"
+            )
+    train_root = Path(dc["train"])
+    if dc.get("val"):
+        val_root: Path | None = Path(dc["val"])
+    elif float(dc.get("val_fraction") or 0) > 0:
+        split_dir = out / "split"
+        if main_rank:
+            train_root, val_root = holdout_split(
+                train_root, split_dir, float(dc["val_fraction"]), seed
+            )
+        else:
+            train_root, val_root = split_dir / "train", split_dir / "val"
+    else:
+        val_root = None
+    cache_dir = Path(dc["cache_dir"]) if dc.get("cache_dir") else out / "cache"
+    if main_rank:
+        ensure_cache(train_root, cache_dir, points, intrinsics=dc["intrinsics"], progress=progress)
+    if world > 1:
+        dist.barrier()
+    dataset = CachedInstances(cache_dir, augment=augment, seed=seed)
+    batch = int(tc["batch_size"])
+    if len(dataset) < batch * world:
+        raise ConfigError(f"{len(dataset)} training instances < one batch ({batch} x {world})")
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    steps_per_epoch = len(sampler) // batch
+    epochs = int(tc["epochs"])
+    total_steps = epochs * steps_per_epoch
+
+    net = PoseNet(net_cfg).to(device)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"])
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(total_steps, int(oc["warmup_steps"]), float(oc["min_lr_ratio"]))
+    )
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, skip_steps, global_step, history = 0, 0, 0, []
+    if state is not None:
+        try:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {resume} does not fit this model: {err}") from err
+        start_epoch, skip_steps = int(state["epoch"]), int(state["step_in_epoch"])
+        global_step = int(state["global_step"])
+        history = list(state.get("history", []))
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"].cpu())
+        log.info(
+            "resumed %s at epoch %d step %d (global step %d)",
+            resume,
+            start_epoch,
+            skip_steps,
+            global_step,
+        )
+    model: torch.nn.Module = RawOutputs(net)
+    if world > 1:  # gradients are all-reduced by the wrapper's forward
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+
+    data_desc = {
+        "train": str(dc["train"]),
+        "train_instances": len(dataset),
+        "val": str(val_root) if val_root else None,
+        "cache_key": dataset.manifest["key"],
+    }
+    K_default = resolve_intrinsics(dc["intrinsics"])
+    ckpt_dir = out / "checkpoints"
+
+    def checkpoint(epoch: int, step_in_epoch: int, name: str = "last.pt") -> Path:
+        path = ckpt_dir / name
+        save_checkpoint(
+            path,
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "config": cfg,
+                "history": history,
+                "data_description": data_desc,
+                "torch_rng": torch.get_rng_state(),
+                "config_hash": config_hash(cfg),
+            },
+        )
+        return path
+
+    if main_rank:
+        log.info(
+            "training: %d instances, %d steps/epoch x %d epochs (batch %d x %d), device %s, "
+            "%d threads, config %s",
+            len(dataset),
+            steps_per_epoch,
+            epochs,
+            batch,
+            world,
+            device,
+            torch.get_num_threads(),
+            config_hash(cfg),
+        )
+    t_start = time.monotonic()
+    last_ckpt = time.monotonic()
+    budget_s = 60.0 * float(tc.get("max_minutes") or 0)
+    ckpt_s = 60.0 * float(tc["checkpoint_minutes"])
+    stop_after = int(tc.get("stop_after_steps") or 0)
+    run_steps = 0
+    stopped_early = False
+    epoch = start_epoch
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        skip = skip_steps * batch if epoch == start_epoch else 0
+        loader = DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=ResumableSampler(sampler, skip),
+            num_workers=int(tc["num_workers"]),
+            drop_last=True,
+        )
+        model.train()
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        count = 0
+        step_in_epoch = skip_steps if epoch == start_epoch else 0
+        t_epoch = time.monotonic()
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="step",
+            disable=not (progress and main_rank),
+            initial=step_in_epoch,
+            total=steps_per_epoch,
+        )
+        for item in bar:
+            pts = item["points"].to(device, non_blocking=True)
+            cls = item["class_id"].to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                out_raw = model(pts, cls)
+            losses = pose_losses(
+                {k: v.float() for k, v in out_raw.items()},
+                item["R"].to(device),
+                item["t"].to(device),
+                item["size"].to(device),
+                item["symmetric"].to(device),
+                weights,
+            )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), float(oc["grad_clip"]))
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            global_step += 1
+            step_in_epoch += 1
+            for k in LOSS_KEYS:
+                sums[k] += float(losses[k].detach())
+            count += 1
+            if main_rank:
+                bar.set_postfix(
+                    loss=f"{float(losses['total'].detach()):.3f}",
+                    lr=f"{sched.get_last_lr()[0]:.1e}",
+                )
+            now = time.monotonic()
+            if main_rank and now - last_ckpt > ckpt_s:
+                checkpoint(epoch, step_in_epoch)
+                last_ckpt = now
+            run_steps += 1
+            if (budget_s and now - t_start > budget_s) or run_steps == stop_after:
+                stopped_early = True
+                break
+        if stopped_early:
+            if main_rank:
+                checkpoint(epoch, step_in_epoch)
+                log.warning(
+                    "stopped at epoch %d step %d (wall-clock budget %.0f min or "
+                    "stop_after_steps %d reached); resume with --resume %s",
+                    epoch + 1,
+                    step_in_epoch,
+                    budget_s / 60,
+                    stop_after,
+                    ckpt_dir / "last.pt",
+                )
+            break
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "lr": sched.get_last_lr()[0],
+            "epoch_s": round(time.monotonic() - t_epoch, 1),
+            "samples_per_s": round(
+                count * batch * world / max(time.monotonic() - t_epoch, 1e-9), 2
+            ),
+            **{f"loss_{k}": sums[k] / max(count, 1) for k in LOSS_KEYS},
+        }
+        last_epoch = epoch + 1 == epochs
+        if (
+            main_rank
+            and val_root is not None
+            and ((epoch + 1) % int(tc["val_every"]) == 0 or last_epoch)
+        ):
+            row.update(
+                validate(
+                    net,
+                    val_root,
+                    points,
+                    out / "val" / f"epoch_{epoch + 1:03d}",
+                    K_default,
+                    tc.get("val_max_frames"),
+                    device,
+                )
+            )
+        history.append(row)
+        if main_rank:
+            log.info(
+                "epoch %d: %s",
+                epoch + 1,
+                ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                ),
+            )
+            checkpoint(epoch + 1, 0)
+            last_ckpt = time.monotonic()
+            write_csv(out / "metrics.csv", history)
+            if "val_IoU50_exact" in row or last_epoch or (epoch + 1) % 10 == 0:
+                plot_curves(out / "curves.png", history)
+    if main_rank and not stopped_early:
+        checkpoint(epochs, 0, "final.pt")
+        checkpoint(epochs, 0)
+    if main_rank:
+        log.info("training time %.1f min", (time.monotonic() - t_start) / 60)
+    if world > 1:
+        dist.destroy_process_group()
+    return history[-1] if history else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--data", type=Path, default=None, help="overrides data.train")
+    parser.add_argument("--val-data", type=Path, default=None, help="overrides data.val")
+    parser.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (train.device)")
+    parser.add_argument("--resume", type=Path, default=None, help="checkpoint to continue")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        log_to_terminal_and_file(args.out, "train.log")
+    try:
+        cfg = load_config(args.config, args.set)
+        if args.data:
+            cfg["data"]["train"] = str(args.data)
+        if args.val_data:
+            cfg["data"]["val"] = str(args.val_data)
+        if args.epochs is not None:
+            cfg["train"]["epochs"] = args.epochs
+        if args.device:
+            cfg["train"]["device"] = args.device
+        train(copy.deepcopy(cfg), args.out, args.resume, progress=not args.no_progress)
+    except (ConfigError, CheckpointError, CacheError, NocsFormatError) as err:
+        raise SystemExit(f"clipose-train: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

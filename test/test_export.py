@@ -1,0 +1,154 @@
+"""Export round trip: TorchScript + metadata, loaded without the project's model code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
+from clipose_ros.estimators import CliposeEstimator
+from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
+from clipose_ros.model.export import export_checkpoint, export_model, parity_inputs
+from clipose_ros.model.loader import META_NAME, ModelFileError, load_pose_model
+from clipose_ros.model.network import NetConfig, PoseNet
+from clipose_ros.points import PointsConfig
+from clipose_ros.structures import Frame, Instance
+
+SMALL = NetConfig(
+    n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, PoseNet]:
+    torch.manual_seed(0)
+    net = PoseNet(SMALL).eval()
+    path = tmp_path_factory.mktemp("export") / "pose.pt"
+    export_model(net, path, PointsConfig(), {"training_data": {"train": "unit test"}})
+    return path, net
+
+
+def test_round_trip_in_a_process_without_the_model_code(exported, tmp_path):
+    path, net = exported
+    pts, cls = parity_inputs(1028, batch=5, seed=7)
+    np.save(tmp_path / "pts.npy", pts.numpy())
+    np.save(tmp_path / "cls.npy", cls.numpy())
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np, torch
+        files = {{"{META_NAME}": ""}}
+        m = torch.jit.load({str(path)!r}, map_location="cpu", _extra_files=files)
+        pts = torch.from_numpy(np.load({str(tmp_path / "pts.npy")!r}))
+        cls = torch.from_numpy(np.load({str(tmp_path / "cls.npy")!r}))
+        with torch.no_grad():
+            R, t, size, conf = m(pts, cls)
+        np.savez({str(tmp_path / "out.npz")!r}, R=R.numpy(), t=t.numpy(), size=size.numpy(),
+                 conf=conf.numpy())
+        meta = json.loads(files["{META_NAME}"])
+        assert not any(k.startswith("clipose_ros") for k in sys.modules), "imported clipose_ros"
+        print(json.dumps(meta))
+    """)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    meta = json.loads(run.stdout.strip().splitlines()[-1])
+    assert meta["categories"] == list(CATEGORIES) and meta["n_points"] == 1028
+    assert set(meta["mean_sizes"]) == set(CATEGORIES)
+    assert meta["points"]["n_points"] == 1028 and meta["training_data"]["train"] == "unit test"
+    got = np.load(tmp_path / "out.npz")
+    with torch.no_grad():
+        ref = net(pts, cls)
+    for key, r in zip(("R", "t", "size", "conf"), ref, strict=True):
+        assert np.abs(got[key] - r.numpy()).max() <= 1e-4, key
+
+
+def test_missing_truncated_and_foreign_files_are_refused(exported, tmp_path):
+    path, _ = exported
+    with pytest.raises(ModelFileError, match="not found.*clipose-train"):
+        load_pose_model(tmp_path / "nope.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="cut.pt.*truncated"):
+        CliposeEstimator(str(cut))
+    foreign = tmp_path / "linear.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(torch.nn.Linear(3, 3)).save(str(foreign))
+    with pytest.raises(ModelFileError, match="linear.pt.*not a clipose pose model"):
+        load_pose_model(foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="text.pt"):
+        load_pose_model(text)
+
+
+def test_estimator_on_a_frame(exported):
+    path, _ = exported
+    est = CliposeEstimator(str(path))
+    assert est.needs_nocs_map is False
+    depth = np.zeros((120, 160), np.float32)
+    depth[30:80, 40:90] = 0.7
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    mask_a = depth > 0
+    mask_b = np.zeros_like(mask_a)
+    mask_b[5:8, 5:8] = True  # 9 pixels: too few points, no pose
+    frame = Frame(rgb, depth, CAMERA_INTRINSICS)
+    insts = [
+        Instance(3, 0.9, mask_a, np.array([30, 40, 80, 90])),
+        Instance(1, 0.8, mask_b, np.array([5, 5, 8, 8])),
+    ]
+    poses = est.estimate(frame, insts)
+    assert len(poses) == 1 and poses[0].class_id == 3 and poses[0].score == 0.9
+    assert np.allclose(poses[0].R.T @ poses[0].R, np.eye(3), atol=1e-5)
+    assert set(est.last_timings) == {"points_ms", "pose_ms"}
+    assert all(v >= 0 for v in est.last_timings.values())
+    assert est.estimate(frame, []) == []
+
+
+def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    net = PoseNet(SMALL)
+    cfg = {"net": SMALL.to_dict(), "points": PointsConfig().to_dict()}
+    cfg["points"].pop("version")
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint(
+        ckpt,
+        {
+            "model": net.state_dict(),
+            "optimizer": {},
+            "scheduler": {},
+            "epoch": 3,
+            "step_in_epoch": 0,
+            "global_step": 30,
+            "config": cfg,
+            "data_description": {"train": "x"},
+        },
+    )
+    meta = export_checkpoint(ckpt, tmp_path / "m.pt")
+    assert meta["trained_epochs"] == 3 and len(meta["config_hash"]) == 16
+    _, loaded_meta = load_pose_model(tmp_path / "m.pt")
+    assert loaded_meta["config_hash"] == meta["config_hash"]
+    wrong = dict(cfg, net=dict(cfg["net"], c4=32))
+    save_checkpoint(
+        tmp_path / "wrong.pt",
+        {
+            "model": net.state_dict(),
+            "optimizer": {},
+            "scheduler": {},
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "config": wrong,
+        },
+    )
+    with pytest.raises(CheckpointError, match="wrong.pt.*does not fit"):
+        export_checkpoint(tmp_path / "wrong.pt", tmp_path / "w.pt")

@@ -1,0 +1,185 @@
+"""The pose network: shapes, proper rotations on any input, losses and their gradients."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M
+from clipose_ros.geometry import rotation_about_axis
+from clipose_ros.model.losses import LossWeights, pose_losses
+from clipose_ros.model.network import NetConfig, PoseNet, assemble_rotation, knn
+
+SMALL = NetConfig(
+    n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64
+)
+
+
+def make_net(seed: int = 0, cfg: NetConfig = SMALL) -> PoseNet:
+    torch.manual_seed(seed)
+    return PoseNet(cfg)
+
+
+def object_batch(b: int = 6, n: int = 1028, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(b, n, 3, generator=g) * torch.tensor([0.06, 0.04, 0.03])
+    return pts + torch.tensor([0.1, -0.05, 0.8]), torch.arange(b) % 6 + 1
+
+
+def assert_proper(R: torch.Tensor) -> None:
+    eye = torch.eye(3).expand_as(R)
+    assert torch.isfinite(R).all()
+    assert torch.allclose(R.transpose(1, 2) @ R, eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(len(R)), atol=1e-5)
+
+
+def test_output_shapes_and_features():
+    net = make_net().eval()
+    pts, cls = object_batch()
+    R, t, size, conf = net(pts, cls)
+    assert R.shape == (6, 3, 3) and t.shape == (6, 3) and size.shape == (6, 3)
+    assert conf.shape == (6,) and ((conf >= 0) & (conf <= 1)).all()
+    assert (size > 0).all()
+    assert net.features(pts, cls).shape == (6, net.feature_dim)
+    assert_proper(R)
+
+
+def test_translation_is_a_residual_on_the_centroid_and_size_on_the_mean():
+    net = make_net()
+    torch.nn.init.zeros_(net.ts_head.weight)
+    torch.nn.init.zeros_(net.ts_head.bias)
+    pts, cls = object_batch()
+    _, t, size, _ = net.eval()(pts, cls)
+    assert torch.allclose(t, pts.mean(1), atol=1e-6)
+    mean = torch.tensor(
+        np.array([MEAN_SIZES_M[CATEGORIES[c - 1]] for c in cls]), dtype=torch.float32
+    )
+    assert torch.allclose(size, mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["equal", "flat", "line", "huge"])
+def test_proper_rotation_for_degenerate_inputs(case):
+    net = make_net().eval()
+    pts, cls = object_batch(b=3)
+    if case == "equal":  # all points equal: no neighbour direction exists
+        pts = torch.full((3, 1028, 3), 0.5)
+    elif case == "flat":  # a planar patch
+        pts[..., 2] = 0.8
+    elif case == "line":
+        pts[..., 1:] = 0.0
+    else:
+        pts = pts * 1000.0
+    R, t, size, conf = net(pts, cls)
+    assert_proper(R)
+    assert torch.isfinite(t).all() and torch.isfinite(size).all() and torch.isfinite(conf).all()
+
+
+def test_assemble_rotation_cases():
+    torch.manual_seed(1)
+    y, x = torch.randn(64, 3), torch.randn(64, 3)
+    conf = torch.rand(64)
+    assert_proper(assemble_rotation(y, x, conf, torch.rand(64)))
+    # Parallel or zero axes still give proper rotations.
+    assert_proper(assemble_rotation(y, 2 * y, conf, conf))
+    assert_proper(assemble_rotation(torch.zeros(4, 3), torch.zeros(4, 3), conf[:4], conf[:4]))
+    # Orthonormal inputs come back unchanged; a zero x confidence keeps y exactly.
+    Rg = torch.tensor(rotation_about_axis([1, 2, 3], 0.7), dtype=torch.float32)[None]
+    R = assemble_rotation(Rg[:, :, 1], Rg[:, :, 0], conf[:1], conf[1:2])
+    assert torch.allclose(R, Rg, atol=1e-5)
+    y1, x1 = Rg[:, :, 1], Rg[:, :, 1] + Rg[:, :, 0]  # x at 45 degrees from y
+    R = assemble_rotation(y1, x1, torch.ones(1), torch.zeros(1))
+    assert torch.allclose(R[:, :, 1], y1, atol=1e-5)
+    assert torch.allclose(R[:, :, 0], Rg[:, :, 0], atol=1e-5)
+    R = assemble_rotation(y1, x1, torch.ones(1), torch.ones(1))  # equal trust: both turn 22.5
+    angle = torch.acos((R[:, :, 1] * y1).sum()).item()
+    assert angle == pytest.approx(math.radians(22.5), abs=1e-4)
+
+
+def test_symmetric_classes_use_the_predicted_y_axis_exactly():
+    net = make_net().eval()
+    pts, _ = object_batch(b=3)
+    cls = torch.tensor([1, 2, 4])  # bottle, bowl, can
+    out = net.predict(pts, cls)
+    R, *_ = net(pts, cls)
+    y = out["y"] / out["y"].norm(dim=-1, keepdim=True)
+    assert torch.allclose(R[:, :, 1], y, atol=1e-5)
+
+
+def test_knn_excludes_self_and_finds_the_nearest():
+    pts = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [3, 0, 0], [10, 0, 0]]])
+    idx = knn(pts, 2)
+    assert idx[0, 0].tolist() == [1, 2] and idx[0, 3].tolist() == [2, 1]
+
+
+def fixed_batch(b: int = 8):
+    pts, cls = object_batch(b)
+    g = torch.Generator().manual_seed(3)
+    Rs = [rotation_about_axis(torch.randn(3, generator=g).numpy(), 1.0) for _ in range(b)]
+    R = torch.tensor(np.array(Rs), dtype=torch.float32)
+    t = pts.mean(1) + 0.01
+    size = torch.full((b, 3), 0.12)
+    symmetric = torch.tensor([c in (1, 2, 4) for c in cls.tolist()])
+    return pts, cls, R, t, size, symmetric
+
+
+def test_a_gradient_step_lowers_the_loss_on_a_fixed_batch():
+    net = make_net()
+    pts, cls, R, t, size, sym = fixed_batch()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    first = None
+    for _ in range(5):
+        loss = pose_losses(net.predict(pts, cls), R, t, size, sym, LossWeights())["total"]
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    final = float(pose_losses(net.predict(pts, cls), R, t, size, sym, LossWeights())["total"])
+    assert final < 0.9 * first
+
+
+def test_symmetric_samples_get_no_x_axis_gradient():
+    net = make_net()
+    pts, cls, R, t, size, sym = fixed_batch()
+    out = net.predict(pts, cls)
+    out["x"].retain_grad()
+    out["y"].retain_grad()
+    pose_losses(out, R, t, size, sym, LossWeights())["total"].backward()
+    assert torch.all(out["x"].grad[sym] == 0)
+    assert torch.any(out["x"].grad[~sym] != 0)
+    assert torch.any(out["y"].grad[sym] != 0)
+    # Nor does the dense head reward a turn about y for them: a y-rotated truth costs the same.
+    spin = torch.tensor(rotation_about_axis([0, 1, 0], 1.1), dtype=torch.float32)
+    R2 = R.clone()
+    R2[sym] = R[sym] @ spin
+    w = LossWeights(rot_x=0.0, conf=0.0)
+    with torch.no_grad():
+        out = net.predict(pts, cls)
+        a = pose_losses(out, R, t, size, torch.ones_like(sym), w)["total"]
+        b = pose_losses(
+            out, torch.where(sym[:, None, None], R2, R), t, size, torch.ones_like(sym), w
+        )["total"]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_scriptable_and_equal_to_eager():
+    net = make_net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(net)
+    pts, cls = object_batch()
+    with torch.no_grad():
+        for a, b in zip(net(pts, cls), scripted(pts, cls), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(net.features(pts, cls), scripted.features(pts, cls), atol=1e-5)
+
+
+def test_config_round_trip_and_validation():
+    assert NetConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="unknown keys"):
+        NetConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="n_coarse"):
+        NetConfig(n_graph=64, n_coarse=128)

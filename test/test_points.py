@@ -1,0 +1,121 @@
+"""Points preparation: one function for the reader, the training cache and the estimator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.data.augment import AugmentConfig
+from clipose_ros.data.dataset import NocsInstanceDataset
+from clipose_ros.data.nocs_format import read_color, read_depth, read_mask
+from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.estimators import CliposeEstimator
+from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
+from clipose_ros.model.cache import CachedInstances, ensure_cache
+from clipose_ros.points import PointsConfig, prepare_points, prepare_points_with_reason
+from clipose_ros.structures import Frame, Instance
+
+K = CAMERA_INTRINSICS
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, "train", 2, 2, 5, 0, SynthConfig(max_objects=3, max_distractors=0))
+    return out / "train"
+
+
+def plane(depth_m: float = 0.8, size: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    depth = np.zeros((120, 160), np.float32)
+    mask = np.zeros((120, 160), bool)
+    depth[40 : 40 + size, 60 : 60 + size] = depth_m
+    mask[40 : 40 + size, 60 : 60 + size] = True
+    return depth, mask
+
+
+def test_shape_dtype_and_values_lie_on_the_backprojected_pixels():
+    depth, mask = plane()
+    pts = prepare_points(depth, mask, K, n_points=1028)
+    assert pts.shape == (1028, 3) and pts.dtype == np.float32
+    assert np.allclose(pts[:, 2], 0.8)
+    full = backproject_pixels(depth, K, *valid_depth_pixels(depth, mask))
+    gap = np.abs(pts[:, None, :] - full[None, :, :]).max(-1).min(1)
+    assert gap.max() < 1e-6
+
+
+def test_sampling_repeats_only_when_short():
+    depth, mask = plane(size=20)  # 400 pixels < 1028
+    pts = prepare_points(depth, mask, K, 1028)
+    assert len(np.unique(pts, axis=0)) == 400
+    depth, mask = plane(size=40)  # 1600 pixels >= 1028: no repetition
+    assert len(np.unique(prepare_points(depth, mask, K, 1028), axis=0)) == 1028
+
+
+def test_too_few_points_gives_none_with_reason():
+    depth, mask = plane(size=5)
+    assert prepare_points(depth, mask, K) is None
+    pts, count, reason = prepare_points_with_reason(depth, mask, K)
+    assert pts is None and count == 25 and "25" in reason and "50" in reason
+
+
+def test_invalid_depth_inside_the_mask_is_ignored():
+    depth, mask = plane()
+    depth[40:50, 60:100] = 0.0
+    depth[50:52, 60:100] = np.nan
+    pts = prepare_points(depth, mask, K)
+    assert np.isfinite(pts).all() and np.allclose(pts[:, 2], 0.8)
+
+
+def test_outliers_behind_the_object_are_rejected():
+    depth, mask = plane(size=40)
+    depth[40:42, 60:100] = 3.0  # a mask edge bleeding onto the far background
+    pts = prepare_points(depth, mask, K)
+    assert pts[:, 2].max() < 1.0
+    loose = PointsConfig(outlier_factor=100.0, outlier_floor_m=10.0)
+    assert prepare_points(depth, mask, K, config=loose)[:, 2].max() == pytest.approx(3.0)
+
+
+def test_erosion_drops_the_mask_edge_but_never_all_points():
+    depth, mask = plane(size=40)
+    depth[40, 60:100] = 0.7  # a bad top row
+    eroded = prepare_points(depth, mask, K, config=PointsConfig(erode_px=2))
+    assert np.allclose(eroded[:, 2], 0.8)
+    depth, mask = plane(size=9)  # 81 pixels, erosion would leave 25 < 50: keep the mask
+    pts = prepare_points(depth, mask, K, config=PointsConfig(erode_px=2))
+    assert pts is not None and len(np.unique(pts, axis=0)) == 81
+
+
+def test_deterministic_by_default_and_shape_mismatch_refused():
+    depth, mask = plane()
+    assert np.array_equal(prepare_points(depth, mask, K), prepare_points(depth, mask, K))
+    with pytest.raises(ValueError, match="mask shape"):
+        prepare_points(depth, mask[:-1], K)
+
+
+def test_reader_cache_and_estimator_give_the_same_points(synth):
+    """Same frame, same mask, same random generator -> identical points in all three paths."""
+    cfg = PointsConfig()
+    reader = NocsInstanceDataset(
+        synth, augment=AugmentConfig(), load_rgb=False, points_config=cfg, seed=3
+    )
+    cache = CachedInstances(
+        ensure_cache(synth, synth.parent / "cache", cfg, progress=False),
+        augment=AugmentConfig(),
+        seed=3,
+    )
+    assert len(cache) == len(reader) > 0
+    estimator = CliposeEstimator.from_module(None, cfg)
+    for index in range(len(reader)):
+        sample = reader[index]
+        lab = reader.instance_label(index)
+        prefix = lab["frame"]
+        frame = Frame(read_color(prefix), read_depth(prefix), lab["K"])
+        inst = Instance(lab["class_id"], 1.0, read_mask(prefix) == lab["instance_id"], lab["bbox"])
+        rng = np.random.default_rng(np.random.SeedSequence([3, 0, index, 0]))
+        pts, kept = estimator.prepare(frame, [inst], rngs=[rng])
+        assert kept == [0]
+        np.testing.assert_array_equal(pts[0], sample["points"].numpy())
+        np.testing.assert_array_equal(cache[index]["points"].numpy(), sample["points"].numpy())
