@@ -294,6 +294,7 @@ def _make_node_class():
                 p["sync_queue_size"], p["sync_slop"], self._on_synced,
                 raw_callbacks=[self._arrival("rgb"), self._arrival("depth"),
                                self._arrival("camera_info")],
+                on_incompatible=self._incompatible_qos,
             )
             out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
             self.det_pub = self.create_publisher(Detection3DArray, DETECTIONS_TOPIC, out_qos)
@@ -341,6 +342,13 @@ def _make_node_class():
             return SetParametersResult(successful=True)
 
         # ------------------------------------------------------------------ inputs
+
+        def _incompatible_qos(self, topic: str, policy: str) -> None:
+            hint = ("the publisher is best effort: set reliable_qos:=false" if policy ==
+                    "RELIABILITY" and self.params["reliable_qos"] else "match the publisher's QoS")
+            self.warn("qos", f"a publisher on {self.resolve_topic_name(topic)} offers a QoS "
+                             f"incompatible with this subscription ({policy}); nothing arrives "
+                             f"from it: {hint}")
 
         def _arrival(self, name: str):
             def seen(_msg) -> None:

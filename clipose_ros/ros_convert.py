@@ -427,15 +427,33 @@ class ApproximateSync:
         self.callback(*(m for _, m in chosen))
 
 
+def _event_callbacks(topic: str, on_incompatible: Callable[[str, str], None] | None):
+    """Subscription event callbacks that report an incompatible publisher QoS, or None."""
+    if on_incompatible is None:
+        return None
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+    except ImportError:  # Humble
+        from rclpy.qos_event import SubscriptionEventCallbacks
+    from rclpy.qos import qos_policy_name_from_kind
+
+    def incompatible(info) -> None:
+        on_incompatible(topic, qos_policy_name_from_kind(info.last_policy_kind))
+
+    return SubscriptionEventCallbacks(incompatible_qos=incompatible)
+
+
 def make_synchronizer(
     node, msg_types: Sequence[type], topics: Sequence[str], qos, queue_size: int, slop_s: float,
     callback: Callable[..., None], raw_callbacks: Sequence[Callable[[object], None]] = (),
+    on_incompatible: Callable[[str, str], None] | None = None,
 ):
     """Subscriptions to ``topics`` synchronised by stamp; returns what keeps them alive.
 
     message_filters' ApproximateTimeSynchronizer when it imports, else :class:`ApproximateSync`.
     ``raw_callbacks[i]`` (optional) also sees every message of topic i as it arrives (the node
-    counts input rates with it).
+    counts input rates with it); ``on_incompatible(topic, policy)`` hears of publishers whose
+    QoS cannot reach the subscription (silent otherwise).
     """
     def tap(i: int, feed: Callable[[object], None]) -> Callable[[object], None]:
         def receive(msg) -> None:
@@ -449,14 +467,21 @@ def make_synchronizer(
     except ImportError:
         sync = ApproximateSync(len(topics), queue_size, slop_s, callback)
         subs = [
-            node.create_subscription(t, topic, tap(i, lambda m, i=i: sync.add(i, m)), qos)
+            node.create_subscription(t, topic, tap(i, lambda m, i=i: sync.add(i, m)), qos,
+                                     event_callbacks=_event_callbacks(topic, on_incompatible))
             for i, (t, topic) in enumerate(zip(msg_types, topics, strict=True))
         ]
         return sync, subs
-    filters = [
-        message_filters.Subscriber(node, t, topic, qos_profile=qos)
-        for t, topic in zip(msg_types, topics, strict=True)
-    ]
+
+    def subscriber(t, topic):
+        events = _event_callbacks(topic, on_incompatible)
+        try:
+            return message_filters.Subscriber(node, t, topic, qos_profile=qos,
+                                              event_callbacks=events)
+        except TypeError:  # older message_filters pass no extra arguments on
+            return message_filters.Subscriber(node, t, topic, qos_profile=qos)
+
+    filters = [subscriber(t, topic) for t, topic in zip(msg_types, topics, strict=True)]
     sync = message_filters.ApproximateTimeSynchronizer(filters, queue_size, slop_s)
     sync.registerCallback(callback)
     for i, f in enumerate(filters):

@@ -257,7 +257,7 @@ def bench(ros, scenes, tmp_path_factory):
     """The doubles node in /bad (reliable inputs, a slow model), and a tester node that
     publishes hand-made sets to it."""
     logs = tmp_path_factory.mktemp("bad_logs")
-    params = {"reliable_qos": True, "warn_throttle": 1.0, "frame_prefix": "bad/",
+    params = {"reliable_qos": True, "warn_throttle": 0.5, "frame_prefix": "bad/",
               "sync_slop": 0.01}
     node = start([sys.executable, DOUBLES, str(scenes), "--delay", "0.25",
                   *ros_args(params, BAD_NS)], logs / "node.log")
@@ -324,7 +324,7 @@ class TestBadInput:
         assert bench["node"].alive()
 
     def bad_case(self, bench, words: str, **kwargs) -> str:
-        time.sleep(1.1)  # past warn_throttle, so this case's warning is not suppressed
+        time.sleep(0.6)  # past warn_throttle, so this case's warning is not suppressed
         since = time.time()
         self.send(bench, **kwargs)
         said = self.node_says(bench, words, since)
@@ -383,7 +383,7 @@ class TestBadInput:
         rng = np.random.default_rng(5)
         unknown = rc.image_message(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), "rgb8",
                                    Header())
-        time.sleep(1.1)
+        time.sleep(0.6)
         since = time.time()
         stamp = self.send(bench, rgb=unknown)
         out = bench["rec"].wait_for(lambda: self.outputs(bench, stamp), 10,
@@ -399,6 +399,47 @@ class TestBadInput:
         depth = rc.image_message(sparse, "16UC1", Header())
         said = self.bad_case(bench, "mask pixels with valid depth < min_points", depth=depth)
         assert "object skipped" in said
+
+    def test_publisher_with_incompatible_qos_is_named(self, bench):
+        from rclpy.qos import qos_profile_sensor_data
+
+        since = time.time()
+        pub = bench["rec"].node.create_publisher(  # best effort; the node asks for reliable
+            CameraInfo, f"{BAD_NS}/camera/color/camera_info", qos_profile_sensor_data)
+        try:
+            said = self.node_says(bench, "offers a QoS incompatible", since)
+            assert "/bad/camera/color/camera_info" in said and "RELIABILITY" in said
+        finally:
+            bench["rec"].node.destroy_publisher(pub)
+        self.recovers(bench)
+
+    def test_live_parameters_apply_to_the_next_frame_and_ranges_hold(self, bench):
+        from rclpy.parameter import Parameter
+        from rclpy.parameter_client import AsyncParameterClient
+
+        client = AsyncParameterClient(bench["rec"].node, f"{BAD_NS}/pose_node")
+        rec = bench["rec"]
+
+        def set_param(name, value):
+            future = client.set_parameters([Parameter(name, value=value)])
+            rec.wait_for(future.done, 10, f"setting {name}", (bench["node"],))
+            return future.result().results[0]
+
+        try:
+            assert set_param("min_points", 1_000_000).successful
+            time.sleep(0.6)
+            since = time.time()
+            stamp = self.send(bench)
+            out = rec.wait_for(lambda: self.outputs(bench, stamp), 10, "output",
+                               (bench["node"],))
+            assert out[0].detections == []
+            self.node_says(bench, "< min_points 1000000", since)
+            refused = set_param("track_match_distance", -1.0)
+            assert not refused.successful
+            assert not set_param("imgsz", 640).successful  # read-only
+        finally:
+            assert set_param("min_points", 50).successful
+        self.recovers(bench)
 
     def test_burst_faster_than_the_model_drops_old_frames(self, bench):
         rec = bench["rec"]
