@@ -168,9 +168,19 @@ def summarise(frames: list[dict], max_rot_deg: float = 10.0, max_trans_cm: float
     """Found fraction (same class, within the error bounds), error medians and id stability."""
     matches = [m for f in frames if f["matches"] for m in f["matches"]]
     paired = [m for m in matches if m.pred_id is not None]
-    ids: dict[str, set] = defaultdict(set)
-    for m in paired:
-        ids[m.truth_id].add(m.pred_id)
+    # Ids must hold while a scene stays in view: count them per run of consecutive frames of
+    # one scene (a scene shown again later is a new run, and may get new ids).
+    ids: dict[tuple[int, str], set] = defaultdict(set)
+    run, last_scene = 0, None
+    for f in frames:
+        if not f["matches"]:
+            continue
+        scene = f["matches"][0].truth_id.split("#")[0]
+        run += scene != last_scene
+        last_scene = scene
+        for m in f["matches"]:
+            if m.pred_id is not None:
+                ids[(run, m.truth_id)].add(m.pred_id)
     per_class = {}
     for name in CATEGORIES:
         mine = [m for m in matches if m.class_name == name]
@@ -318,10 +328,12 @@ def _save_overlay(monitor, path: Path, timeout_s: float = 5.0) -> bool:
         truth = monitor.truth.get(rc.stamp_to_ns(msg.header.stamp))
     if truth is not None and "info" in got:
         K = rc.intrinsics_from_camera_info(got["info"])
+        layer = image.copy()
         for det in truth.detections:
             R, centre = rc.pose_from_message(det.bbox.center)
             size = np.array([det.bbox.size.x, det.bbox.size.y, det.bbox.size.z])
-            draw_pose(image, K, R, centre, size, (255, 255, 255), axes=False)
+            draw_pose(layer, K, R, centre, size, (255, 255, 255), axes=False)
+        image = cv2.addWeighted(image, 0.45, layer, 0.55, 0.0)  # truth half-transparent
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), image[:, :, ::-1])
     return True
@@ -372,7 +384,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             if seen and now - start >= args.duration:
                 break
             if now >= next_line:
-                next_line += 1.0
+                next_line = max(next_line + 1.0, now + 0.5)
                 recent = [f for f in frames if f["received_ns"] > time.time_ns() - 1e9]
                 s = summarise(recent)
                 line = (f"t={now - start:5.1f}s in {diag.get('input_hz', '-'):>5} Hz  "

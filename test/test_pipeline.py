@@ -225,3 +225,17 @@ def test_overlay_draws_boxes_where_the_objects_are():
     # The box projects around the principal point (the object sits on the optical axis).
     assert abs(np.median(u) - K[0, 2]) < 30 and abs(np.median(v) - K[1, 2]) < 40
     assert rotation_angle_deg(p.R, np.eye(3)) == 0
+
+
+def test_summary_counts_id_changes_within_a_scene_run_only():
+    from clipose_ros.demo import Match
+
+    def frame(scene, pred):
+        return {"matches": [Match(f"{scene}#1", "can", pred, 1.0, 1.0)]}
+
+    # Scene a, then b, then a again with a new id: a new run, not an id change.
+    assert summarise([frame("a", "can_1"), frame("b", "can_2"), frame("a", "can_3")])[
+        "objects_with_changing_id"] == 0
+    # The id flips while scene a stays in view: counted.
+    s = summarise([frame("a", "can_1"), frame("a", "can_4"), frame("b", "can_2")])
+    assert s["objects_with_changing_id"] == 1 and s["objects_with_one_id"] == 1
