@@ -195,3 +195,34 @@ def test_approximate_sync_pairs_within_slop_once_and_in_order():
     assert out[-1] == (262 * ms, 260 * ms, 258 * ms)
     with pytest.raises(ValueError):
         rc.ApproximateSync(1, 5, 0.1, print)
+
+
+def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeypatch):
+    from clipose_ros import node
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, text):
+            self.lines.append(("warning", text))
+
+        def info(self, text):
+            self.lines.append(("info", text))
+
+        def error(self, text):
+            self.lines.append(("error", text))
+
+    clock = [100.0]
+    monkeypatch.setattr(node.time, "monotonic", lambda: clock[0])
+    log = Log()
+    warn = node.WarningThrottle(log, period=5.0)
+    for _ in range(4):
+        warn("encoding", "bad encoding")
+    warn("depth", "no depth", "info")
+    assert log.lines == [("warning", "bad encoding"), ("info", "no depth")]
+    clock[0] += 5.0
+    warn("encoding", "bad encoding")
+    assert log.lines[-1] == ("warning", "bad encoding (3 more like it since the last message)")
+    warn("exception", "boom", "error")
+    assert log.lines[-1] == ("error", "boom")
