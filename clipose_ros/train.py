@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +143,25 @@ class ResumableSampler(Sampler[int]):
 # ---------------------------------------------------------------------------------- schedule
 
 
-def lr_lambda(total_steps: int, warmup: int, min_ratio: float):
-    """Linear warm-up to 1, cosine decay to ``min_ratio`` at ``total_steps``."""
+def lr_lambda(
+    total_steps: int,
+    warmup: int,
+    min_ratio: float,
+    time_progress: Callable[[], float] | None = None,
+):
+    """Linear warm-up to 1, cosine decay to ``min_ratio`` at ``total_steps``.
+
+    With ``time_progress`` (share of the wall-clock budget used, 0..1) the decay follows
+    whichever is further along, steps or time, so a run that is slower than planned still
+    ends its budget at the low learning rate instead of being cut off mid-schedule.
+    """
 
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if time_progress is not None:
+            progress = max(progress, min(1.0, time_progress()))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return f
@@ -357,8 +369,23 @@ def train(
     opt = torch.optim.AdamW(
         net.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"])
     )
+    budget_s = 60.0 * float(tc.get("max_minutes") or 0)
+    elapsed_before = float(state.get("elapsed_s", 0.0)) if state is not None else 0.0
+    t_start = time.monotonic()
+
+    def elapsed() -> float:
+        """Training seconds so far, over resumes."""
+        return elapsed_before + time.monotonic() - t_start
+
+    anneal = budget_s > 0 and bool(tc.get("anneal_to_budget"))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(total_steps, int(oc["warmup_steps"]), float(oc["min_lr_ratio"]))
+        opt,
+        lr_lambda(
+            total_steps,
+            int(oc["warmup_steps"]),
+            float(oc["min_lr_ratio"]),
+            (lambda: elapsed() / budget_s) if anneal else None,
+        ),
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -413,6 +440,7 @@ def train(
                 "data_description": data_desc,
                 "torch_rng": torch.get_rng_state(),
                 "config_hash": config_hash(cfg),
+                "elapsed_s": elapsed(),
             },
         )
         return path
@@ -430,9 +458,7 @@ def train(
             torch.get_num_threads(),
             config_hash(cfg),
         )
-    t_start = time.monotonic()
     last_ckpt = time.monotonic()
-    budget_s = 60.0 * float(tc.get("max_minutes") or 0)
     ckpt_s = 60.0 * float(tc["checkpoint_minutes"])
     stop_after = int(tc.get("stop_after_steps") or 0)
     run_steps = 0
@@ -497,7 +523,7 @@ def train(
                 checkpoint(epoch, step_in_epoch)
                 last_ckpt = now
             run_steps += 1
-            if (budget_s and now - t_start > budget_s) or run_steps == stop_after:
+            if (budget_s and elapsed() > budget_s) or run_steps == stop_after:
                 stopped_early = True
                 break
         if stopped_early:

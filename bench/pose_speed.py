@@ -1,0 +1,151 @@
+"""Speed and memory of the exported pose model (not a test: numbers depend on the machine).
+
+For batch sizes 1, 4, 8, 16 (1028 points each): median milliseconds per call, objects per
+second, and the peak extra memory of a call (CPU: growth of the resident set size, sampled
+every millisecond from ``/proc/self/statm``; CUDA: ``max_memory_allocated``).
+Also the points preparation (mask + depth -> points) per object, which runs before the model.
+
+    .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.model.loader import load_pose_model
+from clipose_ros.points import PointsConfig, prepare_points
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples the resident set size every millisecond while active."""
+
+    def __enter__(self) -> PeakRss:
+        self.base = rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def bench_model(model, n: int, batch: int, device: str, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(batch)
+    pts = torch.randn(batch, n, 3, generator=g) * torch.tensor([0.05, 0.04, 0.03])
+    pts = (pts + torch.tensor([0.0, 0.0, 0.7])).to(device)
+    cls = (torch.arange(batch) % 6 + 1).to(device)
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            model(pts, cls)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakRss() as mem:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(pts, cls)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+    ms = 1e3 * statistics.median(times)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else (mem.peak - mem.base) / 2**20
+    )
+    return {
+        "batch": batch,
+        "median_ms": round(ms, 2),
+        "objects_per_s": round(batch * 1e3 / ms, 1),
+        "peak_extra_mb": round(peak, 1),
+    }
+
+
+def bench_points(repeats: int) -> float:
+    """Median ms of prepare_points for a 150x120-pixel object in a 640x480 frame."""
+    depth = np.zeros((480, 640), np.float32)
+    mask = np.zeros((480, 640), bool)
+    yy, xx = np.mgrid[180:300, 250:400]
+    depth[180:300, 250:400] = 0.7 + 0.0002 * (yy - 180) + 0.0001 * (xx - 250)
+    mask[180:300, 250:400] = True
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prepare_points(depth, mask, CAMERA_INTRINSICS, config=PointsConfig(), rng=rng)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batches", default="1,4,8,16")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        model, meta = load_pose_model(args.model, device)
+        for b in (int(x) for x in args.batches.split(",")):
+            row = {
+                "device": device,
+                **bench_model(model, meta["n_points"], b, device, args.repeats),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    points_ms = bench_points(args.repeats)
+    load = os.getloadavg()[0]
+    print(f"prepare_points: {points_ms:.2f} ms per object (640x480 frame, 18000-pixel mask)")
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {load:.1f}")
+    print("| device | batch | median ms | objects/s | peak extra MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['device']} | {r['batch']} | {r['median_ms']} | {r['objects_per_s']} | "
+            f"{r['peak_extra_mb']} |"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "prepare_points_ms": points_ms,
+                    "threads": args.threads,
+                    "load_average": load,
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
