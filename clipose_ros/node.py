@@ -265,6 +265,7 @@ def _make_node_class():
                     min_points=p["min_points"], tracker=self._tracker_config(p), seed=p["seed"],
                 )
             self.pipeline = pipeline
+            warm_ms = pipeline.warm_up()
             self.pipeline.min_score = p["score_threshold"]
             self.pipeline.min_points = p["min_points"]
             self.pipeline.tracker.config = self._tracker_config(p)
@@ -304,7 +305,6 @@ def _make_node_class():
             self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
             self.send_tf = rc.make_transform_broadcaster(self)
             self._diag_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
-            self._msg_types = (Detection3DArray, MarkerArray)
 
             self._slot = None
             self._cond = threading.Condition()
@@ -315,7 +315,8 @@ def _make_node_class():
             self.get_logger().info(
                 f"pose_node ready on {self.device}: inputs {self.topics['rgb']}, "
                 f"{self.topics['depth']}, {self.topics['camera_info']}; models "
-                f"{self.model_files['pose_model']}, {self.model_files['segmenter_weights']}"
+                f"{self.model_files['pose_model']}, {self.model_files['segmenter_weights']} "
+                f"(warm-up {warm_ms:.0f} ms)"
             )
 
         @staticmethod
@@ -397,7 +398,6 @@ def _make_node_class():
             start = time.perf_counter()
             header = rgb_msg.header
             p = self.params
-            Detection3DArray, MarkerArray = self._msg_types
             if p["publish_tf"] and result.poses:
                 self.send_tf(rc.tf_message(header, result.poses, p["frame_prefix"]))
             self.det_pub.publish(rc.detection_array(header, result.poses))

@@ -239,3 +239,13 @@ def test_summary_counts_id_changes_within_a_scene_run_only():
     # The id flips while scene a stays in view: counted.
     s = summarise([frame("a", "can_1"), frame("a", "can_4"), frame("b", "can_2")])
     assert s["objects_with_changing_id"] == 1 and s["objects_with_one_id"] == 1
+
+
+def test_warm_up_runs_every_stage_and_leaves_no_tracks():
+    estimator = CentroidEstimator()
+    segmenter = FixedSegmenter([])
+    pipeline = PosePipeline(segmenter, estimator)
+    assert pipeline.warm_up(120, 160, runs=2) >= 0
+    assert estimator.calls == [2, 2] and pipeline.tracker.tracks == []
+    first = pipeline.process(synthetic_frame())
+    assert first.poses == [] and pipeline.tracker.next_id == 1
