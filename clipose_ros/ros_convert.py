@@ -153,7 +153,8 @@ def image_to_array(msg: Image, allowed: Sequence[str]) -> np.ndarray:
 def rgb_from_image(msg: Image) -> np.ndarray:
     """RGB uint8 (H, W, 3) from an rgb8 or bgr8 Image."""
     arr = image_to_array(msg, RGB_ENCODINGS)
-    return arr[:, :, ::-1] if msg.encoding == "bgr8" else arr
+    # A contiguous copy for bgr8: OpenCV and torch refuse or copy negative-stride views anyway.
+    return np.ascontiguousarray(arr[:, :, ::-1]) if msg.encoding == "bgr8" else arr
 
 
 def depth_from_image(msg: Image) -> np.ndarray:
