@@ -137,6 +137,15 @@ def resolve_device(device: str) -> str:
     raise ParameterError(f"device: {device!r} is not cpu, cuda, cuda:N or auto")
 
 
+def check_frame_prefix(prefix: str) -> None:
+    """tf2 refuses frame ids with a leading slash or whitespace: refuse such a prefix early."""
+    if prefix.startswith("/") or any(c.isspace() for c in prefix):
+        raise ParameterError(
+            f"frame_prefix: {prefix!r} would make TF frame ids that tf2 rejects (no leading "
+            "'/', no whitespace), e.g. use 'clipose/'"
+        )
+
+
 def declare_parameters(node, specs: tuple[Param, ...]) -> dict[str, Any]:
     """Declare ``specs`` with descriptions and ranges; returns the values (overrides applied).
 
@@ -246,6 +255,7 @@ def _make_node_class():
             super().__init__("pose_node", **node_kwargs)
             self.params = declare_parameters(self, POSE_NODE_PARAMS)
             p = self.params
+            check_frame_prefix(p["frame_prefix"])
             self.warn = WarningThrottle(self.get_logger(), p["warn_throttle"])
             if p["num_threads"] > 0:
                 import torch
@@ -330,6 +340,7 @@ def _make_node_class():
                 new[param.name] = param.value
             try:
                 tracker = self._tracker_config(new)
+                check_frame_prefix(new["frame_prefix"])
             except ValueError as err:
                 return SetParametersResult(successful=False, reason=str(err))
             self.params = new

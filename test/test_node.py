@@ -477,6 +477,7 @@ def run_until_exit(cmd: list[str], timeout: float = 60) -> subprocess.CompletedP
     [
         ({"score_threshold": 1.5}, "score_threshold"),
         ({"device": "tpu"}, "device: 'tpu' is not cpu, cuda, cuda:N or auto"),
+        ({"frame_prefix": "/clipose/"}, "frame_prefix: '/clipose/' would make TF frame ids"),
         ({"pose_model": "/nonexistent/clipose_pose.pt"}, "/nonexistent/clipose_pose.pt"),
     ],
 )
