@@ -62,7 +62,8 @@ POSE_NODE_PARAMS: tuple[Param, ...] = (
           read_only=True),
     Param("device", "cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when present)",
           read_only=True),
-    Param("num_threads", 0, "Torch CPU threads (0: torch's default)", 0, 256, read_only=True),
+    Param("num_threads", 0, "CPU threads of torch and the segmenter back-end (0: their "
+          "defaults)", 0, 256, read_only=True),
     Param("imgsz", 320, "Segmenter input size in pixels (a multiple of 32)", 64, 1280,
           read_only=True),
     Param("score_threshold", 0.5, "Minimum segmentation score of an object", 0.0, 1.0),
@@ -273,6 +274,7 @@ def _make_node_class():
                     pose_model, weights, device=self.device, imgsz=p["imgsz"],
                     score_threshold=p["score_threshold"], min_mask_area=p["min_mask_area"],
                     min_points=p["min_points"], tracker=self._tracker_config(p), seed=p["seed"],
+                    threads=p["num_threads"] or None,
                 )
             self.pipeline = pipeline
             warm_ms = pipeline.warm_up()

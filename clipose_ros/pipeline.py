@@ -295,10 +295,12 @@ def build_pipeline(
     min_points: int = 50,
     tracker: TrackerConfig | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> PosePipeline:
     """The shipped pipeline: YOLO-seg segmenter + exported CLIPose model, both on ``device``.
 
-    Missing or unusable files raise the loaders' errors (``ModelFileError``,
+    ``threads`` caps the segmenter back-end's CPU threads (None: its default). Missing or
+    unusable files raise the loaders' errors (``ModelFileError``,
     ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
     """
     from clipose_ros.estimators import CliposeEstimator
@@ -307,7 +309,7 @@ def build_pipeline(
     estimator = CliposeEstimator(str(pose_model), device=device, seed=seed)
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,
-        min_mask_area=min_mask_area,
+        min_mask_area=min_mask_area, threads=threads,
     )
     return PosePipeline(segmenter, estimator, tracker, score_threshold, min_points)
 
