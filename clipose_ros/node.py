@@ -284,6 +284,7 @@ def _make_node_class():
             self.add_on_set_parameters_callback(self._on_set_parameters)
 
             # Statistics (read by the diagnostics timer, written by callbacks and the worker).
+            self._stats_lock = threading.Lock()
             self.in_rate = RateMeter()
             self.out_rate = RateMeter()
             self.latency_ms: collections.deque = collections.deque(maxlen=300)
@@ -376,7 +377,8 @@ def _make_node_class():
             self.last_synced = time.monotonic()
             with self._cond:
                 if self._slot is not None:
-                    self.counts["dropped"] += 1
+                    with self._stats_lock:
+                        self.counts["dropped"] += 1
                 self._slot = (rgb, depth, info)
                 self._cond.notify()
 
@@ -393,14 +395,16 @@ def _make_node_class():
                 try:
                     self._process(*msgs)
                 except Exception as err:  # noqa: BLE001 - a failing frame must not stop the node
-                    self.counts["failed"] += 1
+                    with self._stats_lock:
+                        self.counts["failed"] += 1
                     self.warn("exception", f"frame failed: {type(err).__name__}: {err}", "error")
 
         def _process(self, rgb_msg, depth_msg, info_msg) -> None:
             try:
                 frame = rc.frame_from_messages(rgb_msg, depth_msg, info_msg)
             except rc.InputError as err:
-                self.rejected[err.kind] += 1
+                with self._stats_lock:
+                    self.rejected[err.kind] += 1
                 self.warn(err.kind, f"input refused: {err}")
                 return
             result = self.pipeline.process(frame)
@@ -420,14 +424,16 @@ def _make_node_class():
             if self.debug_pub.get_subscription_count() > 0:
                 image = draw_overlay(frame.rgb, frame.K, result.poses)
                 self.debug_pub.publish(rc.image_message(image, "rgb8", header))
-                self.counts["debug_images"] += 1
+                with self._stats_lock:
+                    self.counts["debug_images"] += 1
             publish_ms = (time.perf_counter() - start) * 1e3
-            for key, value in result.timings.items():
-                self.stage_ms[key].append(value)
-            self.stage_ms["publish_ms"].append(publish_ms)
-            self.latency_ms.append((time.time_ns() - frame.stamp_ns) / 1e6)
-            self.counts["processed"] += 1
-            self.last_objects = len(result.poses)
+            with self._stats_lock:
+                for key, value in result.timings.items():
+                    self.stage_ms[key].append(value)
+                self.stage_ms["publish_ms"].append(publish_ms)
+                self.latency_ms.append((time.time_ns() - frame.stamp_ns) / 1e6)
+                self.counts["processed"] += 1
+                self.last_objects = len(result.poses)
             self.out_rate.tick()
 
         # ------------------------------------------------------------------ diagnostics
@@ -446,23 +452,29 @@ def _make_node_class():
                        " s of each other")
                 level, message = DiagnosticStatus.WARN, f"inputs not synchronised: {why}"
                 self.warn("sync", f"no synchronised RGB/depth/camera_info set in 2 s: {why}")
+            with self._stats_lock:
+                latency = list(self.latency_ms)
+                stages = {key: list(series) for key, series in self.stage_ms.items()}
+                counts = collections.Counter(self.counts)
+                rejected = collections.Counter(self.rejected)
+                objects = self.last_objects
             values = {
                 "input_hz": f"{self.in_rate.rate():.2f}",
                 "output_hz": f"{self.out_rate.rate():.2f}",
-                "latency_p50_ms": f"{percentile(self.latency_ms, 50):.1f}",
-                "latency_p95_ms": f"{percentile(self.latency_ms, 95):.1f}",
-                "frames_processed": str(self.counts["processed"]),
-                "frames_dropped": str(self.counts["dropped"]),
-                "frames_rejected": str(sum(self.rejected.values())),
-                "frames_failed": str(self.counts["failed"]),
-                "debug_images": str(self.counts["debug_images"]),
-                "objects": str(self.last_objects),
+                "latency_p50_ms": f"{percentile(latency, 50):.1f}",
+                "latency_p95_ms": f"{percentile(latency, 95):.1f}",
+                "frames_processed": str(counts["processed"]),
+                "frames_dropped": str(counts["dropped"]),
+                "frames_rejected": str(sum(rejected.values())),
+                "frames_failed": str(counts["failed"]),
+                "debug_images": str(counts["debug_images"]),
+                "objects": str(objects),
                 "device": self.device,
                 **self.model_files,
             }
-            for kind, n in sorted(self.rejected.items()):
+            for kind, n in sorted(rejected.items()):
                 values[f"rejected_{kind}"] = str(n)
-            for key, series in sorted(self.stage_ms.items()):
+            for key, series in sorted(stages.items()):
                 values[f"{key[:-3]}_p50_ms"] = f"{percentile(series, 50):.2f}"
             status = DiagnosticStatus(
                 level=level, name=f"{self.get_fully_qualified_name()}: pose estimation",
