@@ -249,3 +249,42 @@ def test_warm_up_runs_every_stage_and_leaves_no_tracks():
     assert estimator.calls == [2, 2] and pipeline.tracker.tracks == []
     first = pipeline.process(synthetic_frame())
     assert first.poses == [] and pipeline.tracker.next_id == 1
+
+
+def test_synthetic_camera_ground_truth_boxes_hold_the_objects(tmp_path):
+    """The camera's ground truth: label poses, and tight boxes that hold each object's mesh
+    (for the mug off its body-axis origin), from a rendered scene with every category kind."""
+    import trimesh
+
+    from clipose_ros.data import nocs_format as nf
+    from clipose_ros.synthetic_camera import load_frames, render_scenes, truth_is_symmetric
+
+    folder = render_scenes(tmp_path, 1, 1, seed=0, min_objects=4, max_objects=4,
+                           distractors=False)
+    (frame,) = load_frames(folder)
+    assert frame.rgb.shape == (480, 640, 3) and frame.depth_mm.dtype == np.uint16
+    label = nf.read_label(frame.prefix)
+    mug_meta = nf.load_mug_meta(tmp_path / "obj_models" / nf.MUG_META_FILE)
+    names = [t.class_name for t in frame.truth]
+    assert "mug" in names, names  # seed 0 places a mug; the check below needs one
+    for i, (truth, (centre, size)) in enumerate(zip(frame.truth, frame.boxes, strict=True)):
+        assert truth.key == f"{frame.key}#{label.instance_ids[i]}" + (
+            "#sym" if truth_is_symmetric(truth.key) else "")
+        assert truth_is_symmetric(truth.key) == (truth.class_name in ("bottle", "bowl", "can"))
+        model = label.model_list[i]
+        mesh = trimesh.load(next(tmp_path.glob(f"obj_models/*/{model}.obj")), process=False)
+        # Mesh (tight NOCS frame) -> camera with this object's coordinate-map pose.
+        shift, scale = mug_meta.get(model, (np.zeros(3), 1.0))
+        s_coord, t_coord = nf.coord_pose_from_label_pose(truth.nocs_scale, truth.R, truth.t,
+                                                         shift, scale)
+        points = s_coord * np.asarray(mesh.vertices) @ truth.R.T + t_coord
+        local = (points - centre) @ truth.R  # in the object axes, about the box centre
+        assert np.allclose(local.max(0), size / 2, atol=1e-4)
+        assert np.allclose(local.min(0), -size / 2, atol=1e-4)
+        if truth.class_name == "mug":
+            assert np.linalg.norm(centre - truth.t) > 0.003  # the box is off the body axis
+            approx_centre, approx_size = object_box(truth)
+            assert np.linalg.norm(approx_centre - centre) < 0.006
+            assert np.allclose(approx_size, size, rtol=0.08)
+        else:
+            assert np.allclose(centre, truth.t)
