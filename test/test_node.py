@@ -17,28 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Log
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_harness import NodeProcess, Recorder
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import Marker, MarkerArray
 
-from clipose_ros.demo import ros_environment, summarise
+from clipose_ros import ros_convert as rc
+from clipose_ros.demo import monitor_class, ros_environment, summarise
 from clipose_ros.node import POSE_NODE_PARAMS
 from clipose_ros.synthetic_camera import CAMERA_PARAMS, load_frames, render_scenes
-
-# DDS settings for this process too (loopback, this run's domain, large-image profile), before
-# any rclpy context exists.
-os.environ.update(ros_environment(os.environ))
-
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rcl_interfaces.msg import Log  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_harness import NodeProcess, Recorder  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from vision_msgs.msg import Detection3DArray  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
-
-from clipose_ros import ros_convert as rc  # noqa: E402
-from clipose_ros.demo import monitor_class  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOUBLES = str(Path(__file__).with_name("node_doubles.py"))
@@ -49,6 +42,9 @@ PARAMS_FILE = str(ROOT / "config" / "pose.yaml")
 
 @pytest.fixture(scope="module")
 def ros():
+    # DDS settings for this process too (loopback, this run's domain, the large-image
+    # profile): read when the context's participant is created.
+    os.environ.update(ros_environment(os.environ))
     rclpy.init()
     yield
     rclpy.try_shutdown()
