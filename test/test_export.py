@@ -152,3 +152,42 @@ def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):
     )
     with pytest.raises(CheckpointError, match="wrong.pt.*does not fit"):
         export_checkpoint(tmp_path / "wrong.pt", tmp_path / "w.pt")
+
+
+def test_clipose_eval_with_the_exported_model(exported, tmp_path):
+    from clipose_ros.data.synth import SynthConfig, generate
+    from clipose_ros.evaluate import main as eval_main
+
+    path, _ = exported
+    generate(tmp_path / "data", "test", 1, 2, 3, 0, SynthConfig(max_objects=2, max_distractors=0))
+    out = tmp_path / "eval"
+    eval_main(
+        [
+            "--data",
+            str(tmp_path / "data" / "test"),
+            "--out",
+            str(out),
+            "--estimator",
+            "clipose",
+            "--model",
+            str(path),
+            "--vis",
+            "1",
+        ]
+    )
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["estimator"] == "CliposeEstimator" and scores["num_frames"] == 2
+    assert len(list((out / "results").glob("*.pkl"))) == 2
+    with pytest.raises(SystemExit, match="clipose-eval: .*nope.pt"):
+        eval_main(
+            [
+                "--data",
+                str(tmp_path / "data" / "test"),
+                "--out",
+                str(out),
+                "--estimator",
+                "clipose",
+                "--model",
+                str(tmp_path / "nope.pt"),
+            ]
+        )

@@ -30,16 +30,24 @@ def data(tmp_path_factory) -> Path:
     return out / "train"
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """train() sets torch's thread count (train.threads); other tests keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_config(data: Path, **train_overrides) -> dict:
     cfg = load_config(None)
     cfg["data"].update(train=str(data), val=None, val_fraction=0.25)
-    cfg["net"] = {k: v for k, v in SMALL.to_dict().items()}
+    cfg["net"] = SMALL.to_dict()
     cfg["optim"].update(lr=3e-3, warmup_steps=10)
     cfg["train"].update(
         epochs=2,
         batch_size=8,
         val_every=1000,
-        threads=0,
+        threads=1,  # one thread: fast on a loaded machine, no pool waits
         num_workers=0,
         checkpoint_minutes=1000,
         val_max_frames=None,
