@@ -703,6 +703,7 @@ def train_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hours", type=float, default=None,
                         help="wall-clock cap; epochs and schedule are fitted to it")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr0", type=float, default=0.002, help="AdamW learning rate")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the train split")
     parser.add_argument("--no-val", action="store_true",
                         help="validate only after the last epoch (saves time per epoch)")
@@ -717,7 +718,8 @@ def train_main(argv: list[str] | None = None) -> None:
     try:
         start = time.perf_counter()
         best = train_yolo(args.data, args.out, args.model, args.imgsz, args.epochs, args.hours,
-                          args.batch, fraction=args.fraction, val=not args.no_val)
+                          args.batch, fraction=args.fraction, val=not args.no_val,
+                          lr0=args.lr0)
         minutes = (time.perf_counter() - start) / 60
         final = best
         if args.weights_out:
