@@ -67,7 +67,8 @@ from clipose_ros.model.prompts import pose_prompts
 
 log = logging.getLogger("clipose.clip")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "config"
 TEACHER_FORMAT = "clipose-clip-teacher"
 HOW_TO_GET = (
     "train the small teacher with `clipose-pretrain-clip --data TRAIN --test-data TEST --out RUN "
@@ -181,10 +182,13 @@ def load_clip(
     pretrained: str | None,
     device: str | torch.device = "cpu",
     config_paths: Sequence[str | Path] = (),
+    warn_random: bool = True,
 ) -> LoadedClip:
     """An open_clip model from ``model_name`` and ``pretrained`` (a hub tag, a local checkpoint
     path, or None / "none" for random weights), through ``open_clip.create_model_and_transforms``.
-    Errors name the missing or unusable file, or the unknown architecture."""
+    A relative checkpoint path that does not exist from the working directory is looked up in
+    the source tree (``models/...``). Errors name the missing or unusable file, or the unknown
+    architecture."""
     import open_clip
 
     names = register_model_configs(config_paths)
@@ -195,11 +199,15 @@ def load_clip(
         )
     if pretrained in (None, "", "none", "None"):
         pretrained = None
-        log.warning(
-            "CLIP %s with random weights (pretrained=none): a teacher that knows nothing",
-            model_name,
-        )
+        if warn_random:
+            log.warning(
+                "CLIP %s with random weights (pretrained=none): a teacher that knows nothing",
+                model_name,
+            )
     elif pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+        path = Path(pretrained)
+        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+            pretrained = str(PROJECT_ROOT / path)
         check_checkpoint(pretrained, model_name)
     try:
         model, _, _ = open_clip.create_model_and_transforms(
@@ -393,7 +401,10 @@ class ClipBranch(nn.Module):
 
     def load_trainable_state(self, state: Mapping[str, Tensor]) -> None:
         """Restore :meth:`trainable_state_dict` output (strict on everything but CLIP)."""
-        missing, unexpected = self.load_state_dict(dict(state), strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(dict(state), strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ClipModelError(f"CLIP branch state does not fit this branch: {err}") from err
         missing = [k for k in missing if not k.startswith("clip.")]
         if missing or unexpected:
             raise ClipModelError(
