@@ -467,7 +467,8 @@ class YoloSegmenter:
             # Frame pixel centre (u + 0.5) -> input u*r + left -> prototype cell coordinate.
             M = np.array([[r / s, 0.0, ((x1 + 0.5) * r + left) / s - 0.5],
                           [0.0, r / s, ((y1 + 0.5) * r + top) / s - 0.5]])
-            crop = cv2.warpAffine(logits[k], M, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
+            crop = cv2.warpAffine(logits[k], M, (x2 - x1, y2 - y1),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REPLICATE)
             inside = crop > 0
             area = int(np.count_nonzero(inside))

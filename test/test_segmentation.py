@@ -99,7 +99,7 @@ def test_thresholds_class_mapping_nms_and_full_resolution_masks(fake):
         (101, 108, 40, 40, 6, 0.95, (1, 0)),  # person: not a category, ignored, suppresses nothing
         (200, 60, 40, 40, 1, 0.3, (1, 0)),  # bowl below the score threshold
         (250, 200, 4, 4, 3, 0.9, (1, 0)),  # can with a 8x8 px mask: below min_mask_area
-        (160, 168, 40, 20, 0, 0.7, (0, 1)),  # bottle, x 280..360: mask only left of x = 320
+        (140, 168, 80, 20, 0, 0.7, (0, 1)),  # bottle, x 200..360: mask only left of x = 320
     ]
     seg = YoloSegmenter("weights.onnx", score_threshold=0.5, min_mask_area=100)
     out = seg.segment(_frame())
@@ -110,8 +110,8 @@ def test_thresholds_class_mapping_nms_and_full_resolution_masks(fake):
     assert mug.mask.sum() == 80 * 80 and mug.mask[160:240, 160:240].all()
     assert list(mug.bbox) == [160, 160, 240, 240]
     cols = np.flatnonzero(bottle.mask.any(axis=0))
-    assert cols[0] == 280 and 318 <= cols[-1] + 1 <= 322  # the prototype edge, at full resolution
-    assert list(bottle.bbox) == [300, 280, 340, cols[-1] + 1]
+    assert cols[0] == 200 and 318 <= cols[-1] + 1 <= 322  # the prototype edge, at full resolution
+    assert list(bottle.bbox) == [300, 200, 340, cols[-1] + 1]
     assert set(seg.last_timings) >= {"segment_ms", "preprocess_ms", "inference_ms"}
     # Thresholds are parameters: a lower score keeps the bowl, area 0 keeps the can.
     loose = YoloSegmenter("weights.onnx", score_threshold=0.2, min_mask_area=0)
@@ -121,6 +121,29 @@ def test_thresholds_class_mapping_nms_and_full_resolution_masks(fake):
     fake.dets.append((100, 108, 40, 40, 1, 0.6, (1, 0)))  # a bowl on the mug
     assert len(YoloSegmenter("weights.onnx").segment(_frame())) == 2
     assert len(YoloSegmenter("weights.onnx", agnostic_nms=False).segment(_frame())) == 3
+
+
+def test_masks_match_upsampling_the_whole_prototype_image(fake):
+    """The box-only warp equals the plain way: upsample all logits to the network input, undo
+    the letterbox, resize to the frame, threshold, keep the box."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    smooth = cv2.GaussianBlur(rng.normal(size=(2, 64, 80)).transpose(1, 2, 0), (0, 0), 4)
+    fake.proto = (smooth.transpose(2, 0, 1)[None] * 40).astype(np.float32)
+    fake.dets = [(150, 120, 180, 150, 4, 0.9, (1, 0)), (240, 60, 60, 80, 1, 0.8, (0.5, -1))]
+    got = YoloSegmenter("weights.onnx", min_mask_area=0).segment(_frame())
+    assert len(got) == 2
+    for inst, (cx, cy, bw, bh, _, _, coef) in zip(got, fake.dets, strict=True):
+        logits = np.tensordot(np.array(coef, np.float32), fake.proto[0], axes=1)
+        full = cv2.resize(logits, (320, 256), interpolation=cv2.INTER_LINEAR)[8:248]
+        full = cv2.resize(full, (640, 480), interpolation=cv2.INTER_LINEAR) > 0
+        box = np.zeros_like(full)
+        box[int((cy - bh / 2 - 8) * 2):int((cy + bh / 2 - 8) * 2),
+            int((cx - bw / 2) * 2):int((cx + bw / 2) * 2)] = True
+        expected = full & box
+        iou = (expected & inst.mask).sum() / (expected | inst.mask).sum()
+        assert expected.sum() > 2000 and iou > 0.97
 
 
 def test_masks_follow_a_frame_of_another_aspect_ratio(fake):
