@@ -1,0 +1,658 @@
+"""``clipose-pretrain-clip``: a small CLIP teacher trained here, since no model hub is reachable.
+
+An open_clip architecture from a JSON config (default ``config/clipose_clip_tiny.json``: ViT of
+4 layers at 64 px, patch 8, width 192; text transformer of 4 layers, width 192) is trained from
+scratch, contrastively, on instance crops of NOCS-format folders (read through the reader's
+index, ``NocsInstanceDataset``) paired with captions that state category, colour and a coarse
+pose (``prompts.caption``): ``a photo of a red mug, seen from above, handle pointing left``.
+In training, colour and pose are each dropped from a caption with probability
+``1 - keep_prob``, so that short prompts (``a photo of a mug``) are in the caption distribution
+and zero-shot classification works. Captions that are equal in a batch count as positives of
+each other (multi-positive InfoNCE).
+
+Crops are cut once per folder (square box crop, 1.2 x the box, resized to the model's input
+size; colour named from the mask's pixels) and cached as ``crops_<key>.npz`` in ``--cache-dir``;
+the key hashes the label/colour/mask files (path, size, mtime) and the crop settings.
+
+The teacher is saved as ``{"state_dict": ..., "clipose_meta": {...}}``, which open_clip loads
+through its own route once the architecture JSON is registered::
+
+    open_clip.add_model_config("config/clipose_clip_tiny.json")
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "clipose_clip_tiny", pretrained="models/clip_teacher_tiny.pt")
+
+(``clipose_ros.model.clip_branch.load_clip`` does the same with errors that name the file.)
+
+Evaluation on a test folder (unseen instances): zero-shot category accuracy (mean text feature
+of ``prompts.ZERO_SHOT_TEMPLATES`` per category, argmax) and image-text retrieval top-1 with the
+full captions, image->text over the distinct captions and text->image over the images (a hit
+when the retrieved item has the same caption), with chance levels alongside.
+
+Outputs in ``--out``: ``pretrain.log``, ``metrics.csv`` (per epoch: loss, lr, time, evaluation),
+``last.pt`` (resumable: model, optimiser, step), ``eval.json``, and the teacher (``--save``,
+default ``OUT/clip_teacher.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipose_ros.categories import CATEGORIES
+from clipose_ros.data.dataset import NocsInstanceDataset, square_crop
+from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
+from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.model.clip_branch import (
+    TEACHER_FORMAT,
+    ClipModelError,
+    equal_text_mask,
+    info_nce,
+    load_clip,
+    register_model_configs,
+)
+from clipose_ros.model.prompts import (
+    COLOURS,
+    DIRECTIONS,
+    ELEVATIONS,
+    CoarsePose,
+    caption,
+    coarse_pose,
+    zero_shot_prompts,
+)
+
+log = logging.getLogger("clipose.pretrain_clip")
+
+CROPS_VERSION = 1
+DEFAULT_MODEL = "clipose_clip_tiny"
+
+
+class PretrainError(RuntimeError):
+    """A pretraining input that cannot be used (names the file or setting)."""
+
+
+# ---------------------------------------------------------------------------------- crops
+
+
+def colour_name(pixels: np.ndarray) -> str:
+    """Most frequent colour name of (n, 3) uint8 RGB pixels (HSV bins; grey scale by value when
+    saturation is low). The names are ``prompts.COLOURS``."""
+    if len(pixels) == 0:
+        raise ValueError("colour_name needs at least one pixel")
+    hsv = cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.uint8), cv2.COLOR_RGB2HSV).reshape(-1, 3)
+    h, s, v = (hsv[:, i].astype(np.int32) for i in range(3))
+    # hue upper bounds (OpenCV hue 0..180) of red, orange, yellow, green, cyan, blue, purple,
+    # pink, then red again
+    edges = np.array([8, 20, 33, 80, 100, 130, 150, 170, 181])
+    hue_name = np.array([0, 1, 2, 3, 4, 5, 6, 7, 0])[np.searchsorted(edges, h, side="right")]
+    grey = np.where(v < 60, 10, np.where(v > 190, 8, 9))  # black, white, grey
+    names = np.where((s < 50) | (v < 40), grey, hue_name)
+    return COLOURS[int(np.bincount(names, minlength=len(COLOURS)).argmax())]
+
+
+@dataclass
+class CropSet:
+    """Instance crops of one folder and what their captions say."""
+
+    crops: np.ndarray  # (n, S, S, 3) uint8 RGB
+    class_ids: np.ndarray  # (n,) 1..6
+    colours: np.ndarray  # (n,) index into COLOURS
+    elevations: np.ndarray  # (n,) index into ELEVATIONS
+    directions: np.ndarray  # (n,) index into DIRECTIONS, -1 = no part direction
+    handle: np.ndarray  # (n,) bool
+    frames: np.ndarray  # (n,) frame prefixes
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def captions(
+        self,
+        idx: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        keep_prob: float = 1.0,
+    ) -> list[str]:
+        """Captions of ``idx`` (all by default); with ``rng``, colour and pose are each kept
+        with probability ``keep_prob`` (caption dropout)."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        out = []
+        for j in idx:
+            name = CATEGORIES[int(self.class_ids[j]) - 1]
+            keep_c = rng is None or rng.random() < keep_prob
+            keep_p = rng is None or rng.random() < keep_prob
+            d = int(self.directions[j])
+            pose = CoarsePose(
+                ELEVATIONS[int(self.elevations[j])], DIRECTIONS[d] if d >= 0 else None
+            )
+            out.append(
+                caption(
+                    name,
+                    COLOURS[int(self.colours[j])] if keep_c else None,
+                    pose if keep_p else None,
+                    bool(self.handle[j]),
+                )
+            )
+        return out
+
+
+def _crops_key(root: Path, size: int, crop_scale: float) -> str:
+    h = hashlib.sha256(json.dumps([CROPS_VERSION, size, crop_scale]).encode())
+    for p in sorted(root.rglob("*_label.pkl")):
+        prefix = p.with_name(p.name[: -len("_label.pkl")])
+        for suffix in ("label.pkl", "color.png", "mask.png"):
+            f = frame_path(prefix, suffix)
+            st = f.stat() if f.exists() else None
+            h.update(f"{f.relative_to(root)}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def extract_crops(
+    root: str | Path,
+    size: int,
+    crop_scale: float = 1.2,
+    cache_dir: str | Path | None = None,
+    intrinsics: str = "camera",
+    progress: bool = True,
+) -> CropSet:
+    """Crops of every labelled instance of ``root`` (see the module docstring), cached."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PretrainError(f"data folder not found: {root}")
+    key = _crops_key(root, size, crop_scale)
+    cache = Path(cache_dir) / f"crops_{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            log.info("crops of %s from cache %s", root, cache)
+            return CropSet(**{k: z[k] for k in z.files})
+    ds = NocsInstanceDataset(root, intrinsics=intrinsics, load_rgb=False)
+    if len(ds) == 0:
+        raise PretrainError(f"{root} has no labelled instances")
+    by_frame: dict[str, list[int]] = {}
+    for j in range(len(ds)):
+        by_frame.setdefault(ds.frame_of(j), []).append(j)
+    n = len(ds)
+    out = {
+        "crops": np.zeros((n, size, size, 3), np.uint8),
+        "class_ids": np.zeros(n, np.int64),
+        "colours": np.zeros(n, np.int64),
+        "elevations": np.zeros(n, np.int64),
+        "directions": np.full(n, -1, np.int64),
+        "handle": np.zeros(n, bool),
+        "frames": np.empty(n, dtype=object),
+    }
+    fill = (124.0, 116.0, 104.0)  # CLIP's mean colour: normalises to about 0
+    k = 0
+    for prefix, js in tqdm(by_frame.items(), desc=f"crops {root.name}", disable=not progress):
+        color, mask = read_color(prefix), read_mask(prefix)
+        for j in js:
+            lab = ds.instance_label(j)
+            inst = mask == lab["instance_id"]
+            if not inst.any():
+                raise NocsFormatError(
+                    f"instance {lab['instance_id']} of {frame_path(prefix, 'label.pkl')} is not "
+                    f"in {frame_path(prefix, 'mask.png')}"
+                )
+            rows, cols = np.nonzero(inst)
+            bbox = lab["bbox"]
+            if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+                bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+            name = CATEGORIES[lab["class_id"] - 1]
+            pose = coarse_pose(name, lab["R"], lab["t"], lab["handle_visible"])
+            out["crops"][k] = square_crop(color, bbox, size, crop_scale, fill)
+            out["class_ids"][k] = lab["class_id"]
+            out["colours"][k] = COLOURS.index(colour_name(color[rows, cols]))
+            out["elevations"][k] = ELEVATIONS.index(pose.elevation)
+            if pose.part_direction is not None:
+                out["directions"][k] = DIRECTIONS.index(pose.part_direction)
+            out["handle"][k] = lab["handle_visible"]
+            out["frames"][k] = prefix
+            k += 1
+    out["frames"] = out["frames"].astype(str)
+    crops = CropSet(**out)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(cache)
+    log.info("%d instance crops of %d frames from %s", n, len(by_frame), root)
+    return crops
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def _to_input(crops: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - mean) / std
+
+
+def _shift(crops: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarray:
+    """Random translation by up to ``max_px`` pixels per crop (edge pixels repeat)."""
+    if max_px <= 0:
+        return crops
+    s = crops.shape[1]
+    padded = np.pad(crops, ((0, 0), (max_px, max_px), (max_px, max_px), (0, 0)), mode="edge")
+    out = np.empty_like(crops)
+    for i, (dy, dx) in enumerate(rng.integers(0, 2 * max_px + 1, size=(len(crops), 2))):
+        out[i] = padded[i, dy : dy + s, dx : dx + s]
+    return out
+
+
+@torch.no_grad()
+def evaluate_teacher(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    crops: CropSet,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch: int = 256,
+) -> dict[str, Any]:
+    """Zero-shot category accuracy and retrieval top-1 (module docstring), in percent."""
+    was_training = model.training
+    model.eval()
+    img = torch.cat(
+        [
+            model.encode_image(_to_input(crops.crops[i : i + batch], mean, std), normalize=True)
+            for i in range(0, len(crops), batch)
+        ]
+    )
+
+    def text(texts: list[str]) -> torch.Tensor:
+        return torch.cat(
+            [
+                model.encode_text(tokenizer(texts[i : i + batch]), normalize=True)
+                for i in range(0, len(texts), batch)
+            ]
+        )
+
+    cls_feat = torch.stack(
+        [
+            torch.nn.functional.normalize(text(zero_shot_prompts(c)).mean(0), dim=0)
+            for c in CATEGORIES
+        ]
+    )
+    pred = (img @ cls_feat.t()).argmax(1).numpy() + 1
+    truth = crops.class_ids
+    per_class = {
+        c: float(100.0 * np.mean(pred[truth == i + 1] == i + 1)) if np.any(truth == i + 1) else None
+        for i, c in enumerate(CATEGORIES)
+    }
+    present = [v for v in per_class.values() if v is not None]
+    caps = crops.captions()
+    unique = list(dict.fromkeys(caps))
+    lookup = {c: i for i, c in enumerate(unique)}
+    cap_id = np.array([lookup[c] for c in caps])
+    sim = img @ text(unique).t()  # (images, captions)
+    i2t = float(100.0 * np.mean(sim.argmax(1).numpy() == cap_id))
+    t2i = float(100.0 * np.mean(cap_id[sim.argmax(0).numpy()] == np.arange(len(unique))))
+    counts = np.bincount(cap_id, minlength=len(unique))
+    model.train(was_training)
+    return {
+        "zero_shot_accuracy": float(100.0 * np.mean(pred == truth)),
+        "zero_shot_mean_class_accuracy": float(np.mean(present)),
+        "zero_shot_per_class": per_class,
+        "retrieval_i2t_top1": i2t,
+        "retrieval_t2i_top1": t2i,
+        "chance_i2t": float(100.0 / len(unique)),
+        "chance_t2i": float(100.0 * np.mean(counts / len(caps))),
+        "instances": len(crops),
+        "distinct_captions": len(unique),
+    }
+
+
+def save_teacher(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """The teacher file open_clip loads with ``pretrained=path`` (module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "clipose_meta": meta}, tmp)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one pretraining run (the command line's options)."""
+
+    data: str
+    out: str
+    test_data: str | None = None
+    model: str = DEFAULT_MODEL
+    model_config: list[str] = field(default_factory=list)  # extra open_clip JSON files/folders
+    init: str | None = None  # start from a checkpoint instead of random weights
+    save: str | None = None
+    cache_dir: str | None = None
+    intrinsics: str = "camera"
+    crop_scale: float = 1.2
+    epochs: int = 10
+    max_minutes: float = 0.0
+    stop_after_steps: int = 0
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    keep_prob: float = 0.5
+    shift_px: int = 4
+    grad_clip: float = 1.0
+    eval_every: int = 1
+    threads: int = 0
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    resume: str | None = None
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim < 2 or "logit_scale" in name or "embedding" in name or "ln" in name
+        (no_decay if flat else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0},
+    ]
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate and save the teacher; returns the final metrics row."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size < 2:
+        raise PretrainError("batch_size must be >= 2 (contrastive loss)")
+    if not 0.0 <= cfg.keep_prob <= 1.0:
+        raise PretrainError("keep_prob must be in [0, 1]")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    register_model_configs(cfg.model_config)
+    clip = load_clip(cfg.model, cfg.init, warn_random=False)
+    model, tokenizer = clip.model, clip.tokenizer
+    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std).view(1, 3, 1, 1)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "crops"
+    train_set = extract_crops(
+        cfg.data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics, progress
+    )
+    test_set = (
+        extract_crops(
+            cfg.test_data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics, progress
+        )
+        if cfg.test_data
+        else None
+    )
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise PretrainError(f"{len(train_set)} crops in {cfg.data} < one batch ({cfg.batch_size})")
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    step, start_epoch, history, elapsed_before = 0, 0, [], 0.0
+    if cfg.resume:
+        state = _load_resume(Path(cfg.resume), cfg)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, history = int(state["step"]), list(state["history"])
+        start_epoch, elapsed_before = step // steps_per_epoch, float(state["elapsed_s"])
+        history = [r for r in history if r["epoch"] <= start_epoch]  # drop a partial epoch
+        log.info("resumed %s at step %d", cfg.resume, step)
+    t0 = time.monotonic()
+    budget = 60.0 * cfg.max_minutes
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t0
+
+    meta_base = {
+        "format": TEACHER_FORMAT,
+        "model_name": cfg.model,
+        "model_config": _model_config(cfg.model),
+        "image_size": clip.image_size,
+        "mean": list(clip.mean),
+        "std": list(clip.std),
+        "train_data": str(cfg.data),
+        "train_instances": len(train_set),
+        "pretrain_config": asdict(cfg),
+    }
+
+    def resumable() -> None:
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "history": history,
+                "elapsed_s": elapsed(),
+                "clipose_meta": {**meta_base, "resumable": True},
+            },
+            out / "last.pt.tmp",
+        )
+        (out / "last.pt.tmp").replace(out / "last.pt")
+
+    log.info(
+        "pretraining %s: %d crops, %d steps/epoch x %d epochs (batch %d), %d threads",
+        cfg.model,
+        len(train_set),
+        steps_per_epoch,
+        cfg.epochs,
+        cfg.batch_size,
+        torch.get_num_threads(),
+    )
+    model.train()
+    stopped = False
+    last_ckpt = time.monotonic()
+    run_steps = 0
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
+        order = rng.permutation(len(train_set))[: steps_per_epoch * cfg.batch_size]
+        order = order.reshape(steps_per_epoch, cfg.batch_size)
+        first = step - epoch * steps_per_epoch
+        t_epoch, loss_sum, count = time.monotonic(), 0.0, 0
+        bar = tqdm(
+            range(first, steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            initial=first,
+            total=steps_per_epoch,
+        )
+        for i in bar:
+            idx = order[i]
+            brng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, i, 1]))
+            texts = train_set.captions(idx, brng, cfg.keep_prob)
+            images = _to_input(_shift(train_set.crops[idx], brng, cfg.shift_px), mean, std)
+            img = model.encode_image(images, normalize=True)
+            txt = model.encode_text(tokenizer(texts), normalize=True)
+            scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+            loss = info_nce(img, txt, scale, equal_text_mask(texts))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            run_steps += 1
+            loss_sum += float(loss.detach())
+            count += 1
+            bar.set_postfix(
+                loss=f"{float(loss.detach()):.3f}", T=f"{1 / float(scale.detach()):.3f}"
+            )
+            if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
+                resumable()
+                last_ckpt = time.monotonic()
+            if (budget and elapsed() > budget) or run_steps == cfg.stop_after_steps:
+                stopped = True
+                break
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": sched.get_last_lr()[0],
+            "loss": loss_sum / max(count, 1),
+            "epoch_s": round(time.monotonic() - t_epoch, 1),
+            "temperature": float(1 / model.logit_scale.detach().exp().clamp(max=100.0)),
+        }
+        last = stopped or epoch + 1 == cfg.epochs
+        if test_set is not None and ((epoch + 1) % max(cfg.eval_every, 1) == 0 or last):
+            ev = evaluate_teacher(model, tokenizer, test_set, mean, std)
+            row.update({k: v for k, v in ev.items() if not isinstance(v, dict)})
+        history.append(row)
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        _write_csv(out / "metrics.csv", history)
+        resumable()
+        last_ckpt = time.monotonic()
+        if stopped:
+            log.warning(
+                "stopped at step %d (budget or stop_after_steps); --resume %s",
+                step,
+                out / "last.pt",
+            )
+            break
+    result: dict[str, Any] = {"steps": step, "train_minutes": round(elapsed() / 60, 2)}
+    if test_set is not None:
+        result["eval"] = evaluate_teacher(model, tokenizer, test_set, mean, std)
+        result["eval"]["test_data"] = str(cfg.test_data)
+        (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
+        log.info("evaluation on %s: %s", cfg.test_data, json.dumps(result["eval"]))
+    save = Path(cfg.save) if cfg.save else out / "clip_teacher.pt"
+    save_teacher(save, model, {**meta_base, "steps": step, "history": history, **result})
+    log.info("teacher saved to %s (%.1f min)", save, elapsed() / 60)
+    return {**(row or {}), **result, "teacher": str(save)}
+
+
+def _model_config(name: str) -> dict | None:
+    from open_clip import get_model_config
+
+    return get_model_config(name)
+
+
+def _load_resume(path: Path, cfg: PretrainConfig) -> dict:
+    if not path.is_file():
+        raise PretrainError(f"resume checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise PretrainError(f"cannot read resume checkpoint {path}: {err}") from err
+    meta = state.get("clipose_meta", {}) if isinstance(state, dict) else {}
+    if not meta.get("resumable") or meta.get("model_name") != cfg.model:
+        raise PretrainError(
+            f"{path} is not a resumable clipose-pretrain-clip checkpoint of {cfg.model!r}"
+        )
+    return state
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="training NOCS-format folder")
+    p.add_argument("--test-data", help="test folder (unseen instances) for the evaluation")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture name")
+    p.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="extra open_clip architecture JSON (file or folder); config/ is built in",
+    )
+    p.add_argument("--init", help="start from this checkpoint (default: random weights)")
+    p.add_argument("--save", help="teacher file (default OUT/clip_teacher.pt)")
+    p.add_argument(
+        "--eval-only", metavar="CHECKPOINT", help="only evaluate this teacher on --test-data"
+    )
+    p.add_argument("--no-progress", action="store_true")
+    defaults = PretrainConfig(data="", out="")
+    for name in (
+        "cache_dir",
+        "intrinsics",
+        "crop_scale",
+        "epochs",
+        "max_minutes",
+        "stop_after_steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "min_lr_ratio",
+        "keep_prob",
+        "shift_px",
+        "grad_clip",
+        "eval_every",
+        "threads",
+        "seed",
+        "checkpoint_minutes",
+        "resume",
+    ):
+        value = getattr(defaults, name)
+        kind = type(value) if value is not None else str
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    args = p.parse_args(argv)
+    log_to_terminal_and_file(args.out, "pretrain.log")
+    try:
+        if args.eval_only:
+            if not args.test_data:
+                raise PretrainError("--eval-only needs --test-data")
+            register_model_configs(args.model_config)
+            clip = load_clip(args.model, args.eval_only)
+            crops = extract_crops(
+                args.test_data,
+                clip.image_size,
+                args.crop_scale,
+                args.cache_dir or args.out / "crops",
+                args.intrinsics,
+                not args.no_progress,
+            )
+            mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+            std = torch.tensor(clip.std).view(1, 3, 1, 1)
+            ev = evaluate_teacher(clip.model, clip.tokenizer, crops, mean, std)
+            ev.update(checkpoint=str(args.eval_only), test_data=str(args.test_data))
+            (args.out / "eval.json").write_text(json.dumps(ev, indent=1))
+            print(json.dumps(ev, indent=1))
+            return
+        if not args.data:
+            raise PretrainError("--data is required (or --eval-only CHECKPOINT)")
+        cfg = PretrainConfig(
+            **{k: getattr(args, k) for k in vars(args) if k in PretrainConfig.__dataclass_fields__}
+        )
+        cfg.out = str(args.out)
+        pretrain(cfg, progress=not args.no_progress)
+    except (PretrainError, ClipModelError, NocsFormatError) as err:
+        raise SystemExit(f"clipose-pretrain-clip: {err}") from err
+
+
+if __name__ == "__main__":
+    main()
