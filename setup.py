@@ -15,7 +15,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config",
-         glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
+         glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")
+         + glob("config/*.json")),
         (f"share/{PACKAGE}/models", glob("models/*")),
     ],
     install_requires=["setuptools"],
@@ -36,6 +37,7 @@ setup(
             "clipose-train-seg = clipose_ros.segmentation:train_main",
             "clipose-train = clipose_ros.train:main",
             "clipose-export = clipose_ros.model.export:main",
+            "clipose-pretrain-clip = clipose_ros.clip_pretrain:main",
         ],
     },
 )

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -68,7 +69,15 @@ from clipose_ros.model.prompts import pose_prompts
 log = logging.getLogger("clipose.clip")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "config"
+# source tree, else the installed package's share folder (setup.py installs config/*.json)
+CONFIG_DIR = next(
+    (
+        p
+        for p in (PROJECT_ROOT / "config", Path(sys.prefix) / "share" / "clipose_ros" / "config")
+        if p.is_dir()
+    ),
+    PROJECT_ROOT / "config",
+)
 TEACHER_FORMAT = "clipose-clip-teacher"
 HOW_TO_GET = (
     "train the small teacher with `clipose-pretrain-clip --data TRAIN --test-data TEST --out RUN "
