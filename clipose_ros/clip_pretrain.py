@@ -466,6 +466,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     last_ckpt = time.monotonic()
     run_steps = 0
     row: dict[str, Any] = {}
+    final_eval: tuple[int, dict[str, Any]] | None = None  # (step, evaluation at that step)
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
         order = rng.permutation(len(train_set))[: steps_per_epoch * cfg.batch_size]
@@ -517,6 +518,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         last = stopped or epoch + 1 == cfg.epochs
         if test_set is not None and ((epoch + 1) % max(cfg.eval_every, 1) == 0 or last):
             ev = evaluate_teacher(model, tokenizer, test_set, mean, std)
+            final_eval = (step, ev)
             row.update({k: v for k, v in ev.items() if not isinstance(v, dict)})
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
@@ -532,7 +534,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             break
     result: dict[str, Any] = {"steps": step, "train_minutes": round(elapsed() / 60, 2)}
     if test_set is not None:
-        result["eval"] = evaluate_teacher(model, tokenizer, test_set, mean, std)
+        if final_eval is None or final_eval[0] != step:
+            final_eval = (step, evaluate_teacher(model, tokenizer, test_set, mean, std))
+        result["eval"] = final_eval[1]
         result["eval"]["test_data"] = str(cfg.test_data)
         (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
         log.info("evaluation on %s: %s", cfg.test_data, json.dumps(result["eval"]))

@@ -156,7 +156,15 @@ def check_checkpoint(path: str | Path, model_name: str) -> dict[str, Any] | None
             f"CLIP checkpoint {path} is a {meta.get('model_name')!r} teacher, not "
             f"{model_name!r}: set the model name to {meta.get('model_name')!r}"
         )
-    reference = open_clip.create_model(model_name, pretrained=None).state_dict()
+    root_logger = logging.getLogger()  # open_clip warns on the root logger about random init
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    try:  # shapes only: built on the meta device, no memory, no initialisation cost
+        with torch.device("meta"):
+            reference = open_clip.create_model(model_name, pretrained=None, device="meta")
+    finally:
+        root_logger.setLevel(level)
+    reference = reference.state_dict()
     shared = [k for k in reference if k in state]
     wrong = [k for k in shared if tuple(state[k].shape) != tuple(reference[k].shape)]
     if len(shared) < 0.5 * len(reference) or wrong:
