@@ -402,14 +402,23 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
 
+    t0 = time.monotonic()
+    budget = 60.0 * cfg.max_minutes
+    elapsed_before = 0.0
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t0
+
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        if budget > 0:  # a wall-clock budget tighter than the epochs still ends at the low lr
+            p = max(p, min(1.0, elapsed() / budget))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    step, start_epoch, history, elapsed_before = 0, 0, [], 0.0
+    step, start_epoch, history = 0, 0, []
     if cfg.resume:
         state = _load_resume(Path(cfg.resume), cfg)
         model.load_state_dict(state["state_dict"])
@@ -419,12 +428,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         start_epoch, elapsed_before = step // steps_per_epoch, float(state["elapsed_s"])
         history = [r for r in history if r["epoch"] <= start_epoch]  # drop a partial epoch
         log.info("resumed %s at step %d", cfg.resume, step)
-    t0 = time.monotonic()
-    budget = 60.0 * cfg.max_minutes
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t0
-
     meta_base = {
         "format": TEACHER_FORMAT,
         "model_name": cfg.model,
