@@ -64,6 +64,7 @@ from clipose_ros.model.clip_branch import (
     register_model_configs,
 )
 from clipose_ros.model.prompts import (
+    CAPTION_PREFIXES,
     COLOURS,
     DIRECTIONS,
     ELEVATIONS,
@@ -124,13 +125,17 @@ class CropSet:
         keep_prob: float = 1.0,
     ) -> list[str]:
         """Captions of ``idx`` (all by default); with ``rng``, colour and pose are each kept
-        with probability ``keep_prob`` (caption dropout)."""
+        with probability ``keep_prob`` (caption dropout) and the opening is drawn from
+        ``CAPTION_PREFIXES`` (the zero-shot templates)."""
         idx = np.arange(len(self)) if idx is None else np.asarray(idx)
         out = []
         for j in idx:
             name = CATEGORIES[int(self.class_ids[j]) - 1]
             keep_c = rng is None or rng.random() < keep_prob
             keep_p = rng is None or rng.random() < keep_prob
+            prefix = CAPTION_PREFIXES[
+                0 if rng is None else int(rng.integers(len(CAPTION_PREFIXES)))
+            ]
             d = int(self.directions[j])
             pose = CoarsePose(
                 ELEVATIONS[int(self.elevations[j])], DIRECTIONS[d] if d >= 0 else None
@@ -141,6 +146,7 @@ class CropSet:
                     COLOURS[int(self.colours[j])] if keep_c else None,
                     pose if keep_p else None,
                     bool(self.handle[j]),
+                    prefix,
                 )
             )
         return out

@@ -127,7 +127,9 @@ def test_crops_and_captions(data, tmp_path):
     assert len(list(tmp_path.glob("crops_*.npz"))) == 1
     np.testing.assert_array_equal(again.crops, crops.crops)
     short = crops.captions(rng=np.random.default_rng(0), keep_prob=0.0)
-    assert set(short) == {"a photo of a bottle", "a photo of a can", "a photo of a mug"}
+    openings = ("a photo of a", "a rendering of a", "a")
+    allowed = {f"{p} {c}" for p in openings for c in ("bottle", "can", "mug")}
+    assert set(short) <= allowed and len(set(short)) > 3  # several openings drawn
 
 
 class OracleModel(torch.nn.Module):

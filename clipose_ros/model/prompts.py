@@ -62,7 +62,9 @@ COLOURS: tuple[str, ...] = (
     "red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink",
     "white", "grey", "black",
 )  # fmt: skip
-ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("a photo of a {}", "a {}", "a rendering of a {}")
+# Caption openings: training draws one at random, zero-shot averages over all of them.
+CAPTION_PREFIXES: tuple[str, ...] = ("a photo of a", "a", "a rendering of a")
+ZERO_SHOT_TEMPLATES: tuple[str, ...] = tuple(f"{p} {{}}" for p in CAPTION_PREFIXES)
 
 
 def _rot_x(a: float) -> np.ndarray:
@@ -218,13 +220,14 @@ def caption(
     colour: str | None,
     pose: CoarsePose | None,
     handle_visible: bool = True,
+    prefix: str = CAPTION_PREFIXES[0],
 ) -> str:
     """``a photo of a red mug, seen from above, handle pointing left`` (parts may be omitted:
     ``colour=None`` or ``pose=None`` drop them, which the pretraining uses as caption dropout
     so that the short zero-shot prompts are in its distribution)."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
-    text = f"a photo of a {colour + ' ' if colour else ''}{category}"
+    text = f"{prefix} {colour + ' ' if colour else ''}{category}"
     if pose is not None:
         text += f", seen {pose.elevation}"
         part = PART_AT_PLUS_X.get(category)
