@@ -17,6 +17,7 @@ from clipose_ros.model.clip_branch import (
     ClipBranch,
     ClipBranchConfig,
     ClipModelError,
+    build_clip_branch,
     equal_text_mask,
     info_nce,
     load_clip,
@@ -236,3 +237,13 @@ def test_unknown_architecture_and_missing_teacher_are_named(tmp_path):
     missing = tmp_path / "nowhere" / "teacher.pt"
     with pytest.raises(ClipModelError, match=str(missing)):
         ClipBranch(ClipBranchConfig(model="clipose_clip_tiny", pretrained=str(missing)), FEAT)
+
+
+def test_build_from_a_training_config_section():
+    dim = 16
+    assert build_clip_branch(None, dim) is None
+    assert build_clip_branch({"enabled": False, "model": "x"}, dim) is None
+    off = {f"{t}_weight": 0.0 for t in TERMS}
+    assert build_clip_branch({"enabled": True, **off}, dim) is None  # pose network alone
+    with pytest.raises(ClipModelError, match="config section clip: .*unknown keys"):
+        build_clip_branch({"enabled": True, "weight": 1.0}, dim)

@@ -25,18 +25,22 @@ What it holds:
 How ``clipose-train`` uses it (a few lines; the pose network exposes its global feature):
 
 1. config: a ``clip:`` section = :class:`ClipBranchConfig` fields plus ``enabled``; the
-   training cache must hold crops: ``ensure_cache(..., rgb_crop_size=branch.image_size)``
-   when ``branch.needs_images``;
-2. set-up, after the network::
+   training cache must hold crops when ``branch.needs_images``:
+   ``ensure_cache(..., rgb_crop_size=branch.image_size)`` (any size works, crops are resized
+   to the model's input; the matching size saves a resize per step), so build the branch
+   before the cache;
+2. set-up, after the network (None when the section is off: the pose-network-alone arm)::
 
-       branch = ClipBranch(ClipBranchConfig.from_dict(cc), net.feature_dim).to(device)
-       opt.add_param_group({"params": branch.trainable_parameters()})
+       branch = build_clip_branch(cfg.get("clip"), net.feature_dim, device)
+       if branch is not None:
+           opt.add_param_group({"params": branch.trainable_parameters()})
 
 3. in the step, with the global feature of the same forward pass (``predict`` returning
    ``"feature"``; otherwise ``net.features(pts, cls)``, a second encoder pass)::
 
-       clip = branch.batch_losses(out_raw["feature"].float(), item)
-       losses["total"] = losses["total"] + clip["total"]
+       if branch is not None:
+           clip = branch.batch_losses(out_raw["feature"].float(), item)
+           losses["total"] = losses["total"] + clip["total"]
 
    and clip the branch's gradients with the network's;
 4. checkpoints: save ``branch.trainable_state_dict()`` (prompts, heads, temperatures; never
@@ -333,6 +337,24 @@ class ClipBranchConfig:
             "point_text": self.point_text_weight,
             "image_text": self.image_text_weight,
         }
+
+
+def build_clip_branch(
+    section: Mapping[str, Any] | None,
+    point_feature_dim: int,
+    device: str | torch.device = "cpu",
+) -> ClipBranch | None:
+    """The branch of a training config's ``clip:`` section, or None when the section is
+    missing, ``enabled`` is false, or every term has weight 0 (the pose-network-alone arm)."""
+    if not section or not section.get("enabled", False):
+        return None
+    try:
+        config = ClipBranchConfig.from_dict(section)
+    except (TypeError, ValueError) as err:
+        raise ClipModelError(f"config section clip: {err}") from err
+    if not any(config.weights().values()):
+        return None
+    return ClipBranch(config, point_feature_dim).to(device)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
