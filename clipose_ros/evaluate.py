@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
         "pickles, or yolo:WEIGHTS for a YOLO-seg model (.pt, .onnx, *_openvino_model)",
     )
     parser.add_argument(
+        "--seg-score-threshold", type=float, default=0.5,
+        help="yolo masks: minimum detection score (0.5 = the node's default)",
+    )
+    parser.add_argument("--seg-imgsz", type=int, default=320, help="yolo masks: input long side")
+    parser.add_argument(
         "--intrinsics", choices=["camera", "real"], default="camera",
         help="camera for frames with neither a K in the label nor a folder intrinsics.txt",
     )
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal_and_file(args.out, "eval.log")
     try:
         estimator = build_estimator(args.estimator, args.data, args.mug_meta, args.model)
-        masks = build_segmenter(args.masks)
+        masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
+                                imgsz=args.seg_imgsz)
         model_extents = (
             nf.load_model_extents(args.model_extents) if args.model_extents else None
         )

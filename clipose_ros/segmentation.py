@@ -583,7 +583,8 @@ class ResultFileMasks:
 
 def build_segmenter(spec: str, **yolo_kwargs) -> Segmenter:
     """``gt`` -> :class:`GroundTruthMasks`; ``yolo:WEIGHTS`` -> :class:`YoloSegmenter` (with
-    ``yolo_kwargs``); anything else is a folder of mask files (:class:`ResultFileMasks`)."""
+    ``yolo_kwargs``, unused by the others); anything else is a folder of mask files
+    (:class:`ResultFileMasks`)."""
     if spec == "gt":
         return GroundTruthMasks()
     if spec.startswith("yolo:"):

@@ -237,9 +237,11 @@ def test_clipose_eval_runs_with_a_segmenter(tiny_run, tmp_path):
     assert scores["segmenter"] == "YoloSegmenter" and scores["segment_ms_median"] > 0
     assert len(list((tmp_path / "a" / "results").glob("*.pkl"))) == 2
     eval_main(["--data", str(root / "test"), "--out", str(tmp_path / "b"), "--vis", "0",
-               "--max-frames", "1", "--masks", f"yolo:{onnx}"])
+               "--max-frames", "1", "--masks", f"yolo:{onnx}", "--seg-score-threshold", "1.0"])
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert saved["segmenter"] == "YoloSegmenter"
+    classes = saved["modes"]["exact"]["classes"]
+    assert sum(c["num_pred"] for k, c in classes.items() if k != "mean") == 0  # score >= 1.0
     with pytest.raises(SystemExit, match="not found"):
         eval_main(["--data", str(root / "test"), "--out", str(tmp_path / "c"),
                    "--masks", f"yolo:{tmp_path / 'missing.onnx'}"])
