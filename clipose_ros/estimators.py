@@ -126,8 +126,12 @@ class CliposeEstimator:
     needs_nocs_map = False
 
     def __init__(self, model_path: str, device: str = "cpu", seed: int = 0) -> None:
+        import torch
+
         from clipose_ros.model.loader import load_pose_model
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         module, meta = load_pose_model(model_path, device)
         self._setup(module, meta, device, seed)
         self.model_path = str(model_path)

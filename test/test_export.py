@@ -93,7 +93,7 @@ def test_missing_truncated_and_foreign_files_are_refused(exported, tmp_path):
 
 def test_estimator_on_a_frame(exported):
     path, _ = exported
-    est = CliposeEstimator(str(path))
+    est = CliposeEstimator(str(path), device="auto")  # cpu here
     assert est.needs_nocs_map is False
     depth = np.zeros((120, 160), np.float32)
     depth[30:80, 40:90] = 0.7
