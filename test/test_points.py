@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data.augment import AugmentConfig
-from clipose_ros.data.dataset import NocsInstanceDataset
+from clipose_ros.data.dataset import NocsInstanceDataset, normalize_clip
 from clipose_ros.data.nocs_format import read_color, read_depth, read_mask
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.estimators import CliposeEstimator
@@ -119,3 +121,19 @@ def test_reader_cache_and_estimator_give_the_same_points(synth):
         assert kept == [0]
         np.testing.assert_array_equal(pts[0], sample["points"].numpy())
         np.testing.assert_array_equal(cache[index]["points"].numpy(), sample["points"].numpy())
+
+
+def test_cache_keeps_the_readers_rgb_crops_and_rebuilds_on_change(synth, tmp_path):
+    cfg = PointsConfig()
+    folder = tmp_path / "cache"
+    ensure_cache(synth, folder, cfg, rgb_crop_size=32, progress=False)
+    cache = CachedInstances(folder)
+    reader = NocsInstanceDataset(synth, crop_size=32, augment=AugmentConfig(), points_config=cfg)
+    item = cache[0]
+    assert item["rgb_crop"].shape == (32, 32, 3) and item["rgb_crop"].dtype == torch.uint8
+    np.testing.assert_allclose(
+        normalize_clip(item["rgb_crop"].numpy()), reader[0]["rgb_crop"].numpy(), atol=1e-6
+    )
+    key = json.loads((folder / "manifest.json").read_text())["key"]
+    ensure_cache(synth, folder, PointsConfig(erode_px=1), rgb_crop_size=32, progress=False)
+    assert json.loads((folder / "manifest.json").read_text())["key"] != key

@@ -33,7 +33,12 @@ from tqdm import tqdm
 
 from clipose_ros.categories import class_name, is_symmetric
 from clipose_ros.data.augment import AugmentConfig
-from clipose_ros.data.dataset import NocsInstanceDataset, prepare_instance, square_crop
+from clipose_ros.data.dataset import (
+    CLIP_MEAN,
+    NocsInstanceDataset,
+    prepare_instance,
+    square_crop,
+)
 from clipose_ros.data.nocs_format import frame_path, read_color, read_depth, read_mask
 from clipose_ros.points import PointsConfig, prepare_points_with_reason
 
@@ -173,7 +178,7 @@ def build_cache(
                 continue
             d_off, m_off = writer.add(d[m], np.packbits(m.reshape(-1)))
             if writer.rgb is not None:
-                fill = (122.0, 116.0, 104.0)  # CLIP's mean colour
+                fill = tuple(float(255.0 * m) for m in CLIP_MEAN)  # as the reader pads
                 crop = square_crop(color, lab["bbox"], rgb_crop_size, crop_scale, fill)
                 writer.rgb.write(np.ascontiguousarray(crop, dtype=np.uint8).tobytes())
             rows["depth_off"].append(d_off)
