@@ -156,6 +156,9 @@ CAMERA_PARAMS: tuple[Param, ...] = (
           3600.0, read_only=True),
     Param("loop", True, "Start over after the last frame (else keep the last one)",
           read_only=True),
+    Param("wait_for_subscriber", True, "Start streaming (and the first frame's hold time) only "
+          "once something subscribes to the RGB topic, so a slow-starting node sees frame 0",
+          read_only=True),
     Param("depth_encoding", "16UC1", "Depth encoding: 16UC1 (mm) or 32FC1 (m)",
           choices=("16UC1", "32FC1"), read_only=True),
     Param("frame_id", "camera_color_optical_frame", "Optical frame id of the images",
@@ -222,6 +225,7 @@ def _make_camera_class():
                                                           reliability=ReliabilityPolicy.RELIABLE))
             self.index = 0
             self.published = 0
+            self.streaming = False
             self.frame_started = time.monotonic()
             self.create_timer(1.0 / p["rate_hz"], self._tick)
             n_objects = sum(len(f.truth) for f in frames)
@@ -234,6 +238,12 @@ def _make_camera_class():
 
         def _tick(self) -> None:
             p = self.params
+            if not self.streaming:
+                if p["wait_for_subscriber"] and self.rgb_pub.get_subscription_count() == 0:
+                    return
+                self.streaming = True
+                self.frame_started = time.monotonic()
+                self.get_logger().info("synthetic_camera: streaming")
             if time.monotonic() - self.frame_started >= p["hold_s"] and (
                 p["loop"] or self.index < len(self.frames) - 1
             ):
