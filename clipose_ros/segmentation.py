@@ -337,7 +337,8 @@ class YoloSegmenter:
     ``min_mask_area`` (pixels, full resolution) drops specks; ``class_map`` maps the model's
     class names to categories (default: names that are categories; :data:`COCO_CLASS_MAP` for
     COCO weights). NMS is class-agnostic by default: one object gets one category. ``threads``
-    caps the CPU threads of the back-end (None: its default). ``last_timings`` holds
+    caps the CPU threads of the back-end (None: its default; for ``.pt`` weights this is torch's
+    process-wide setting). ``last_timings`` holds
     ``segment_ms`` (all of it) and its parts ``preprocess_ms``, ``inference_ms``,
     ``postprocess_ms`` after every call.
     """
