@@ -27,10 +27,9 @@ from clipose_ros.structures import Frame, Instance, ObjectPose
 log = logging.getLogger("clipose.pipeline")
 
 # A mug's label frame (SPD convention) has its origin on the body axis and a box symmetric
-# about it: x extent = 2 * (body radius + handle reach). The tight box around the real mug
-# spans [-r, r + h] along x. MUG_BODY_FRACTION = r / (r + h), measured on the generator's mugs
-# (test_pipeline checks it against them), turns one into the other for the published bbox.
-MUG_BODY_FRACTION = 0.78
+# about it: x extent = 2 * (body radius r + handle reach h), z extent = 2 r (the body's
+# diameter). The tight box around the real mug spans [-r, r + h] along x, so each estimate's
+# own z / x ratio, r / (r + h), turns one box into the other for the published bbox.
 # One colour per category (RGB, 0..1): markers, debug image and demo overlays share them.
 OVERLAY_COLORS = {
     "bottle": (0.12, 0.47, 0.71),
@@ -56,7 +55,7 @@ def object_box(pose: ObjectPose) -> tuple[np.ndarray, np.ndarray]:
     size = np.asarray(pose.size, dtype=np.float64)
     if pose.class_id != CLASS_IDS["mug"]:
         return np.asarray(pose.t, dtype=np.float64), size
-    rho = MUG_BODY_FRACTION
+    rho = float(np.clip(size[2] / max(size[0], 1e-9), 0.0, 1.0))  # r / (r + h)
     half_x = size[0] / 2.0
     offset = np.array([(1.0 - rho) * half_x / 2.0, 0.0, 0.0])
     tight = np.array([(1.0 + rho) * half_x, size[1], size[2]])
