@@ -36,7 +36,6 @@ default ``OUT/clip_teacher.pt``).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -54,7 +53,7 @@ from tqdm import tqdm
 from clipose_ros.categories import CATEGORIES
 from clipose_ros.data.dataset import NocsInstanceDataset, square_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
-from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
 from clipose_ros.model.clip_branch import (
     TEACHER_FORMAT,
     ClipModelError,
@@ -531,7 +530,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             row.update({k: v for k, v in ev.items() if not isinstance(v, dict)})
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        _write_csv(out / "metrics.csv", history)
+        write_metrics_csv(out / "metrics.csv", history)
         resumable()
         last_ckpt = time.monotonic()
         if stopped:
@@ -574,16 +573,6 @@ def _load_resume(path: Path, cfg: PretrainConfig) -> dict:
             f"{path} is not a resumable clipose-pretrain-clip checkpoint of {cfg.model!r}"
         )
     return state
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 # ---------------------------------------------------------------------------------- CLI

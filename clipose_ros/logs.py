@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -17,3 +18,15 @@ def log_to_terminal_and_file(out_dir: Path, filename: str) -> Path:
         force=True,
     )
     return path
+
+
+def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    """One row per epoch/evaluation; the header is the union of keys in first-seen order, so a
+    column added later (e.g. validation every N epochs) still gets its place."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)

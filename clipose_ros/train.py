@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from clipose_ros import metrics as nocs_metrics
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.nocs_format import NocsFormatError, list_frames, resolve_intrinsics
-from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
 from clipose_ros.model.cache import CachedInstances, CacheError, ensure_cache
 from clipose_ros.model.checkpoint import (
     CheckpointError,
@@ -230,16 +229,6 @@ def validate(
 
 
 # ---------------------------------------------------------------------------------- outputs
-
-
-def write_csv(path: Path, history: list[dict]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
@@ -577,7 +566,7 @@ def train(
             )
             checkpoint(epoch + 1, 0)
             last_ckpt = time.monotonic()
-            write_csv(out / "metrics.csv", history)
+            write_metrics_csv(out / "metrics.csv", history)
             if "val_IoU50_exact" in row or last_epoch or (epoch + 1) % 10 == 0:
                 plot_curves(out / "curves.png", history)
     if main_rank and not stopped_early:

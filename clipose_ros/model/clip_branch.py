@@ -59,7 +59,7 @@ import math
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipose_ros.data.dataset import CLIP_MEAN, CLIP_STD
+from clipose_ros.model.config import dataclass_from_dict
 from clipose_ros.model.prompts import pose_prompts
 
 log = logging.getLogger("clipose.clip")
@@ -325,11 +326,7 @@ class ClipBranchConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ClipBranchConfig:
         """From a config section; ``enabled`` (read by the trainer) is ignored here."""
         d = {k: v for k, v in d.items() if k != "enabled"}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"ClipBranchConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "ClipBranchConfig")
 
     def weights(self) -> dict[str, float]:
         return {

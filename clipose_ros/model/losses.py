@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from clipose_ros.model.config import dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,7 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, d: dict) -> LossWeights:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"loss config: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "loss config")
 
 
 def _unit(v: Tensor) -> Tensor:

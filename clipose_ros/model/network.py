@@ -22,7 +22,7 @@ Everything is batched, has static ``view`` shapes and is scriptable with ``torch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M, SYMMETRIC_CATEGORIES
+from clipose_ros.model.config import dataclass_from_dict
 
 MODEL_VERSION = "clipose-pose-1"
 
@@ -63,11 +64,7 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"NetConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "NetConfig")
 
 
 def _norm(v: Tensor) -> Tensor:
