@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from clipose_ros.categories import CATEGORIES
-from clipose_ros.data.dataset import NocsInstanceDataset, square_crop
+from clipose_ros.data.dataset import CLIP_FILL, NocsInstanceDataset, square_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
 from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
 from clipose_ros.model.clip_branch import (
@@ -183,9 +183,7 @@ def extract_crops(
     ds = NocsInstanceDataset(root, intrinsics=intrinsics, load_rgb=False)
     if len(ds) == 0:
         raise PretrainError(f"{root} has no labelled instances")
-    by_frame: dict[str, list[int]] = {}
-    for j in range(len(ds)):
-        by_frame.setdefault(ds.frame_of(j), []).append(j)
+    by_frame = ds.indices_by_frame()
     n = len(ds)
     out = {
         "crops": np.zeros((n, size, size, 3), np.uint8),
@@ -196,7 +194,6 @@ def extract_crops(
         "handle": np.zeros(n, bool),
         "frames": np.empty(n, dtype=object),
     }
-    fill = (124.0, 116.0, 104.0)  # CLIP's mean colour: normalises to about 0
     k = 0
     for prefix, js in tqdm(by_frame.items(), desc=f"crops {root.name}", disable=not progress):
         color, mask = read_color(prefix), read_mask(prefix)
@@ -214,7 +211,7 @@ def extract_crops(
                 bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
             name = CATEGORIES[lab["class_id"] - 1]
             pose = coarse_pose(name, lab["R"], lab["t"], lab["handle_visible"])
-            out["crops"][k] = square_crop(color, bbox, size, crop_scale, fill)
+            out["crops"][k] = square_crop(color, bbox, size, crop_scale, CLIP_FILL)
             out["class_ids"][k] = lab["class_id"]
             out["colours"][k] = COLOURS.index(colour_name(color[rows, cols]))
             out["elevations"][k] = ELEVATIONS.index(pose.elevation)

@@ -75,6 +75,8 @@ logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN (RGB)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD (RGB)
+# Padding colour of crops that reach past the image: CLIP's mean, which normalises to 0.
+CLIP_FILL = tuple(float(255.0 * m) for m in CLIP_MEAN)
 _ROTATION_TOLERANCE = 1e-2  # max |R^T R - I| entry accepted (then re-orthonormalised)
 _MAX_RESAMPLE = 100
 
@@ -382,6 +384,13 @@ class NocsInstanceDataset(Dataset):
             "model_name": str(self._model[j]),
         }
 
+    def indices_by_frame(self) -> dict[str, list[int]]:
+        """Sample indices grouped by frame prefix, so frame-wise work decodes each frame once."""
+        groups: dict[str, list[int]] = {}
+        for j in range(len(self)):
+            groups.setdefault(self.frame_of(j), []).append(j)
+        return groups
+
     def frame_of(self, index: int) -> str:
         """Frame prefix of an instance, without loading anything."""
         return str(self._frames[self._frame_of[index]])
@@ -485,6 +494,5 @@ class NocsInstanceDataset(Dataset):
         if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:  # degenerate label box: use the mask's
             rows, cols = np.nonzero(inst)
             bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
-        fill = tuple(float(255.0 * m) for m in CLIP_MEAN)  # normalises to 0
-        crop = square_crop(color, bbox, self.crop_size, self.crop_scale, fill)
+        crop = square_crop(color, bbox, self.crop_size, self.crop_scale, CLIP_FILL)
         return normalize_clip(crop)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from clipose_ros.categories import class_name, is_symmetric
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import (
-    CLIP_MEAN,
+    CLIP_FILL,
     NocsInstanceDataset,
     prepare_instance,
     square_crop,
@@ -147,9 +147,7 @@ def build_cache(
     }
     frames: list[str] = []
     skipped = 0
-    by_frame: dict[str, list[int]] = {}
-    for j in range(len(reader)):
-        by_frame.setdefault(reader.frame_of(j), []).append(j)
+    by_frame = reader.indices_by_frame()
     for frame, members in tqdm(by_frame.items(), desc="cache", unit="frame", disable=not progress):
         prefix = Path(frame)
         depth, mask = read_depth(prefix), read_mask(prefix)
@@ -178,8 +176,7 @@ def build_cache(
                 continue
             d_off, m_off = writer.add(d[m], np.packbits(m.reshape(-1)))
             if writer.rgb is not None:
-                fill = tuple(float(255.0 * m) for m in CLIP_MEAN)  # as the reader pads
-                crop = square_crop(color, lab["bbox"], rgb_crop_size, crop_scale, fill)
+                crop = square_crop(color, lab["bbox"], rgb_crop_size, crop_scale, CLIP_FILL)
                 writer.rgb.write(np.ascontiguousarray(crop, dtype=np.uint8).tobytes())
             rows["depth_off"].append(d_off)
             rows["depth_len"].append(int(m.sum()))
