@@ -8,6 +8,11 @@ checkpoints (model, optimiser, scheduler, epoch, position in the epoch, config, 
 Validation every ``val_every`` epochs runs ``clipose-eval``'s ``run_evaluation`` on a held-out
 folder (whole scenes held out of the training folder unless ``data.val`` names one).
 
+With ``clip.enabled`` the CLIP teacher (``model/clip_branch.py``) trains beside the network: its
+contrastive losses (point-image, point-text, image-text, each weighted, 0 = off) are added to the
+pose losses; the prompts, heads and temperatures are optimised with the network and kept in the
+checkpoints; the frozen CLIP weights are not. The exported model is the pose network alone.
+
 Outputs in ``--out``: ``train.log``, ``metrics.csv`` (one row per epoch), ``curves.png``
 (losses and validation metrics), ``checkpoints/last.pt`` (every ``checkpoint_minutes`` and at
 each epoch end), ``checkpoints/final.pt``, ``val/epoch_NNN/`` (clipose-eval outputs).
@@ -21,6 +26,8 @@ import logging
 import math
 import os
 import random
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +51,7 @@ from clipose_ros.model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from clipose_ros.model.clip_branch import ClipBranch, ClipModelError, build_clip_branch
 from clipose_ros.model.losses import LossWeights, pose_losses
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
@@ -53,6 +61,7 @@ log = logging.getLogger("clipose.train")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
 VAL_KEYS = ("IoU50", "IoU75", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
 LOSS_KEYS = ("total", "rot_y", "rot_x", "conf", "translation", "size", "point_coords")
+CLIP_LOSS_KEYS = ("clip_point_image", "clip_point_text", "clip_image_text")
 
 
 class ConfigError(ValueError):
@@ -88,7 +97,15 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> dict[s
     for section in ("data", "points", "augment", "net", "loss", "optim", "train"):
         if not isinstance(cfg.get(section), dict):
             raise ConfigError(f"config {path}: section {section!r} missing")
+    if cfg.get("clip") is not None and not isinstance(cfg["clip"], dict):
+        raise ConfigError(f"config {path}: section 'clip' must be a mapping")
     return cfg
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB): the training cost next to s/epoch."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 # ---------------------------------------------------------------------------------- data
@@ -240,8 +257,9 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     ep = [r["epoch"] for r in history]
-    for k in LOSS_KEYS:
-        a.plot(ep, [r.get(f"loss_{k}", np.nan) for r in history], label=k)
+    for k in LOSS_KEYS + CLIP_LOSS_KEYS:
+        if any(f"loss_{k}" in r for r in history):
+            a.plot(ep, [r.get(f"loss_{k}", np.nan) for r in history], label=k)
     a.set_yscale("log")
     a.set_xlabel("epoch")
     a.set_title("training losses (epoch means)")
@@ -325,6 +343,20 @@ def train(
                 f"{old.get('points')}, this config has net {cfg['net']} and points "
                 f"{cfg['points']}"
             )
+        if _clip_enabled(old) != _clip_enabled(cfg) or (
+            _clip_enabled(cfg) and old.get("clip") != cfg.get("clip")
+        ):
+            raise CheckpointError(
+                f"checkpoint {resume} was trained with clip {old.get('clip')}, this config has "
+                f"clip {cfg.get('clip')}: resume with the same CLIP branch settings"
+            )
+
+    # The network before the branch: both arms of the ablation start from the same weights.
+    net = PoseNet(net_cfg).to(device)
+    branch = build_clip_branch(cfg.get("clip"), net.feature_dim, device)
+    rgb_crop_size = dc.get("rgb_crop_size") or (
+        branch.image_size if branch is not None and branch.needs_images else None
+    )
     train_root = Path(dc["train"])
     if dc.get("val"):
         val_root: Path | None = Path(dc["val"])
@@ -340,10 +372,19 @@ def train(
         val_root = None
     cache_dir = Path(dc["cache_dir"]) if dc.get("cache_dir") else out / "cache"
     if main_rank:
-        ensure_cache(train_root, cache_dir, points, intrinsics=dc["intrinsics"], progress=progress)
+        ensure_cache(
+            train_root,
+            cache_dir,
+            points,
+            rgb_crop_size=rgb_crop_size,
+            intrinsics=dc["intrinsics"],
+            progress=progress,
+        )
     if world > 1:
         dist.barrier()
     dataset = CachedInstances(cache_dir, augment=augment, seed=seed)
+    if branch is not None and branch.needs_images and dataset.rgb is None:
+        raise ConfigError(f"the CLIP branch needs RGB crops; cache {cache_dir} holds none")
     batch = int(tc["batch_size"])
     if len(dataset) < batch * world:
         raise ConfigError(f"{len(dataset)} training instances < one batch ({batch} x {world})")
@@ -354,10 +395,19 @@ def train(
     epochs = int(tc["epochs"])
     total_steps = epochs * steps_per_epoch
 
-    net = PoseNet(net_cfg).to(device)
     opt = torch.optim.AdamW(
         net.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"])
     )
+    trained_params = list(net.parameters())
+    if branch is not None:
+        branch_lr = cfg["clip"].get("lr")
+        opt.add_param_group(
+            {
+                "params": branch.trainable_parameters(),
+                "lr": float(branch_lr if branch_lr is not None else oc["lr"]),
+            }
+        )
+        trained_params += branch.trainable_parameters()
     budget_s = 60.0 * float(tc.get("max_minutes") or 0)
     elapsed_before = float(state.get("elapsed_s", 0.0)) if state is not None else 0.0
     t_start = time.monotonic()
@@ -382,9 +432,11 @@ def train(
     if state is not None:
         try:
             net.load_state_dict(state["model"])
+            if branch is not None:
+                branch.load_trainable_state(state["clip_branch"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as err:
+        except (RuntimeError, ValueError, KeyError, ClipModelError) as err:
             raise CheckpointError(f"checkpoint {resume} does not fit this model: {err}") from err
         start_epoch, skip_steps = int(state["epoch"]), int(state["step_in_epoch"])
         global_step = int(state["global_step"])
@@ -430,6 +482,7 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 "config_hash": config_hash(cfg),
                 "elapsed_s": elapsed(),
+                **({"clip_branch": branch.trainable_state_dict()} if branch is not None else {}),
             },
         )
         return path
@@ -447,6 +500,8 @@ def train(
             torch.get_num_threads(),
             config_hash(cfg),
         )
+        log.info("CLIP branch: %s", _describe_branch(branch))
+    loss_keys = LOSS_KEYS + (CLIP_LOSS_KEYS if branch is not None else ())
     last_ckpt = time.monotonic()
     ckpt_s = 60.0 * float(tc["checkpoint_minutes"])
     stop_after = int(tc.get("stop_after_steps") or 0)
@@ -465,7 +520,9 @@ def train(
             drop_last=True,
         )
         model.train()
-        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        if branch is not None:
+            branch.train()
+        sums = dict.fromkeys(loss_keys, 0.0)
         count = 0
         step_in_epoch = skip_steps if epoch == start_epoch else 0
         t_epoch = time.monotonic()
@@ -490,16 +547,23 @@ def train(
                 item["symmetric"].to(device),
                 weights,
             )
+            if branch is not None:
+                clip = branch.batch_losses(out_raw["feature"].float(), item)
+                losses["total"] = losses["total"] + clip["total"]
+                for k in CLIP_LOSS_KEYS:  # a switched-off term logs 0
+                    losses[k] = clip.get(k[len("clip_") :], torch.zeros(()))
             opt.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
+            if branch is not None and world > 1:  # DDP wraps the network only
+                _average_gradients(branch, world)
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), float(oc["grad_clip"]))
+            torch.nn.utils.clip_grad_norm_(trained_params, float(oc["grad_clip"]))
             scaler.step(opt)
             scaler.update()
             sched.step()
             global_step += 1
             step_in_epoch += 1
-            for k in LOSS_KEYS:
+            for k in loss_keys:
                 sums[k] += float(losses[k].detach())
             count += 1
             if main_rank:
@@ -536,7 +600,8 @@ def train(
             "samples_per_s": round(
                 count * batch * world / max(time.monotonic() - t_epoch, 1e-9), 2
             ),
-            **{f"loss_{k}": sums[k] / max(count, 1) for k in LOSS_KEYS},
+            **{f"loss_{k}": sums[k] / max(count, 1) for k in loss_keys},
+            "peak_rss_mib": round(peak_rss_mib(), 1),
         }
         last_epoch = epoch + 1 == epochs
         if (
@@ -579,6 +644,30 @@ def train(
     return history[-1] if history else {}
 
 
+def _clip_enabled(cfg: dict[str, Any]) -> bool:
+    return bool((cfg.get("clip") or {}).get("enabled", False))
+
+
+def _describe_branch(branch: ClipBranch | None) -> str:
+    if branch is None:
+        return "off (the pose network alone)"
+    c = branch.config
+    n = sum(p.numel() for p in branch.trainable_parameters())
+    return (
+        f"{c.model} pretrained={c.pretrained}, terms {', '.join(branch.active)} "
+        f"(weights {c.weights()}), prompts {c.prompt_mode} x{c.num_prompts}, "
+        f"{n} trainable parameters"
+    )
+
+
+def _average_gradients(module: torch.nn.Module, world: int) -> None:
+    """All-reduce the branch's gradients (the DDP wrapper only covers the network)."""
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -604,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.device:
             cfg["train"]["device"] = args.device
         train(copy.deepcopy(cfg), args.out, args.resume, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, CacheError, NocsFormatError) as err:
+    except (ConfigError, CheckpointError, CacheError, NocsFormatError, ClipModelError) as err:
         raise SystemExit(f"clipose-train: {err}") from err
 
 

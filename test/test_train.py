@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,9 @@ import torch
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.model.checkpoint import CheckpointError, load_checkpoint
+from clipose_ros.model.clip_branch import register_model_configs
+from clipose_ros.model.export import export_checkpoint
+from clipose_ros.model.loader import META_NAME
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
 from clipose_ros.train import ConfigError, load_config, main, train, validate
@@ -144,3 +151,86 @@ def test_config_overrides_are_checked():
         load_config(None, ["train.epoch=3"])
     with pytest.raises(ConfigError, match="not section.key=value"):
         load_config(None, ["epochs=3"])
+
+
+TINY_CLIP = {  # a tiny random open_clip architecture (32 px, 2 layers): plumbing, not accuracy
+    "embed_dim": 48,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def clip_config(data: Path, tmp_path: Path, **train_overrides) -> dict:
+    """``small_config`` with every CLIP term and deep prompt tuning on, a tiny random teacher."""
+    path = tmp_path / "clipose_test_train_clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    register_model_configs([path])
+    cfg = small_config(data, **train_overrides)
+    cfg["clip"].update(
+        enabled=True,
+        model="clipose_test_train_clip",
+        pretrained=None,
+        prompt_mode="deep",
+        num_prompts=2,
+        embed_dim=32,
+        head_hidden=64,
+        point_image_weight=0.5,
+        point_text_weight=0.5,
+        image_text_weight=0.5,
+    )
+    return cfg
+
+
+def test_training_with_every_clip_term_exports_a_plain_pose_model(data, tmp_path):
+    cfg = clip_config(data, tmp_path, epochs=1)
+    last = train(copy.deepcopy(cfg), tmp_path / "run", progress=False)
+    for term in ("point_image", "point_text", "image_text"):  # InfoNCE of batch 8: ~log 8
+        assert 0.5 < last[f"loss_clip_{term}"] < 5.0, term
+    assert last["peak_rss_mib"] > 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    kept = state["clip_branch"]  # prompts, heads, temperatures; never the frozen CLIP weights
+    assert kept["prompts"].shape == (2, 2, 64)
+    assert not any(k.startswith("clip.") for k in kept)
+    cache = json.loads((tmp_path / "run" / "cache" / "manifest.json").read_text())
+    assert cache["rgb_crop_size"] == 32  # crops cut at the teacher's input size
+
+    exported = tmp_path / "pose.pt"
+    export_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt", exported)
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        files = {{"{META_NAME}": ""}}
+        m = torch.jit.load({str(exported)!r}, map_location="cpu", _extra_files=files)
+        R, t, size, conf = m(torch.rand(2, 1028, 3) * 0.1 + 0.6, torch.tensor([1, 6]))
+        assert R.shape == (2, 3, 3) and bool(torch.isfinite(t).all())
+        assert not any(k.startswith("clipose_ros") for k in sys.modules), "imported clipose_ros"
+        print(json.dumps(json.loads(files["{META_NAME}"])))
+    """)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    meta = json.loads(run.stdout.strip().splitlines()[-1])
+    assert meta["clip_branch"]["model"] == "clipose_test_train_clip"
+    assert meta["clip_branch"]["point_text_weight"] == 0.5
+
+
+def test_resume_with_the_clip_branch_continues_exactly_and_checks_its_config(data, tmp_path):
+    cfg = clip_config(data, tmp_path, epochs=1)
+    train(copy.deepcopy(cfg), tmp_path / "a", progress=False)
+    stopped = copy.deepcopy(cfg)
+    stopped["train"]["stop_after_steps"] = 3
+    train(copy.deepcopy(stopped), tmp_path / "b", progress=False)
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    other = copy.deepcopy(cfg)
+    other["clip"]["point_text_weight"] = 0.0
+    with pytest.raises(CheckpointError, match="last.pt was trained with clip"):
+        train(other, tmp_path / "c", resume=last, progress=False)
+    alone = small_config(data, epochs=1)  # the pose network alone cannot take it over either
+    with pytest.raises(CheckpointError, match="same CLIP branch settings"):
+        train(alone, tmp_path / "d", resume=last, progress=False)
+    train(copy.deepcopy(cfg), tmp_path / "b", resume=last, progress=False)
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "final.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "final.pt")
+    for part in ("model", "clip_branch"):
+        for k, v in a[part].items():
+            assert torch.allclose(v, b[part][k], atol=1e-5), (part, k)

@@ -91,6 +91,7 @@ HOW_TO_GET = (
 )
 PROMPT_MODES = ("none", "shallow", "deep")
 TERMS = ("point_image", "point_text", "image_text")
+TRAINER_KEYS = ("enabled", "lr")  # keys of the clip: section that clipose-train reads itself
 
 
 class ClipModelError(RuntimeError):
@@ -324,8 +325,8 @@ class ClipBranchConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClipBranchConfig:
-        """From a config section; ``enabled`` (read by the trainer) is ignored here."""
-        d = {k: v for k, v in d.items() if k != "enabled"}
+        """From a config section; the trainer's own keys (``enabled``, ``lr``) are ignored."""
+        d = {k: v for k, v in d.items() if k not in TRAINER_KEYS}
         return dataclass_from_dict(cls, d, "ClipBranchConfig")
 
     def weights(self) -> dict[str, float]:

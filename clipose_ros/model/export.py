@@ -115,6 +115,9 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
         "trained_epochs": int(state["epoch"]),
         "trained_steps": int(state["global_step"]),
         "checkpoint": str(checkpoint),
+        # which training produced it: the pose losses and the CLIP branch (None: pose alone)
+        "loss_weights": cfg.get("loss"),
+        "clip_branch": cfg["clip"] if (cfg.get("clip") or {}).get("enabled") else None,
     }
     return export_model(net, out, points, extra)
 

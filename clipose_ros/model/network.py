@@ -255,7 +255,8 @@ class PoseNet(nn.Module):
 
     @torch.jit.export
     def predict(self, points: Tensor, class_ids: Tensor) -> dict[str, Tensor]:
-        """All raw outputs: the training losses read these."""
+        """All raw outputs: the training losses read these, and the CLIP branch reads
+        ``feature`` (the global feature of the same encoder pass)."""
         glob, f1, fine, centroid = self._encode(points, class_ids)
         hidden = self.trunk(glob)
         rot = self.rot_head(hidden)
@@ -278,6 +279,7 @@ class PoseNet(nn.Module):
             "point_coords": coords,
             "fine_points": fine,
             "centroid": centroid,
+            "feature": glob,
         }
 
     def forward(self, points: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
