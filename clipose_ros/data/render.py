@@ -54,6 +54,11 @@ class RenderOutput:
     object_pixels: list[np.ndarray]  # per object: sorted flat pixel indices where it is visible
     part: np.ndarray  # (H, W) int32 part id of the hit face, -1 where nothing
     points: np.ndarray  # (H, W, 3) float32 camera-frame hit points (0 where nothing)
+    # Filled on request (render(..., supersample > 1 or surface_info=True)):
+    object_index: np.ndarray | None = None  # (H, W) int32 index into objects, -1 where nothing
+    normal: np.ndarray | None = None  # (H, W, 3) float32 unit normal facing the camera
+    albedo: np.ndarray | None = None  # (H, W) float32 grey albedo of the base colour
+    gloss: np.ndarray | None = None  # (H, W) float32 the hit object's specular weight
 
 
 @lru_cache(maxsize=8)
@@ -142,6 +147,10 @@ def _pattern(kind: str, local: list[np.ndarray] | np.ndarray, freq: float) -> np
         f = np.float32(freq)
         cells = np.floor(f * local[0]) + np.floor(f * local[1]) + np.floor(f * local[2])
         return np.where(np.fmod(cells, 2) == 0, 1.0, 0.6)
+    if kind == "marker":  # black-and-white squares, as on calibration and marker boards
+        f = np.float32(freq)
+        cells = np.floor(f * local[0]) + np.floor(f * local[1]) + np.floor(f * local[2])
+        return np.where(np.fmod(cells, 2) == 0, 1.0, 0.06)
     if kind == "band":  # a label band around the middle, as on bottles and cans
         return np.where(np.abs(local[1]) < 0.15, 0.55, 1.0)
     if kind == "grain":  # wood-like bands across x, warped along z (tables)
@@ -165,23 +174,35 @@ def _local_rows(pts: np.ndarray, obj: RenderObject, axes: tuple[int, ...]) -> li
     return rows
 
 
-def render(
-    objects: list[RenderObject],
-    K: np.ndarray,
-    height: int,
-    width: int,
-    light: Light,
-    background: tuple[np.ndarray, np.ndarray] | None = None,
-) -> RenderOutput:
-    """Ray-cast ``objects`` through a pinhole camera at the origin (OpenCV optical frame).
+@dataclass
+class _Shaded:
+    """Shading of a batch of rays: per hit, the object index, depth, part, colour terms."""
 
-    ``background`` is a (top colour, bottom colour) vertical gradient for pixels that hit nothing.
-    Shading runs in float32 on the hit pixels only, as (3, n_hits) rows. ``object_pixels[i]``
-    holds the sorted flat pixel indices where object ``i`` is visible.
-    """
-    scene, tables = _scene_of(objects)
-    K_key = tuple(float(v) for v in np.asarray(K, dtype=np.float64).ravel())
-    rays, origins, rays_rows, view_rows = _camera_rays(K_key, height, width)
+    hit_index: np.ndarray  # (n,) indices of the rays that hit something
+    g: np.ndarray  # (n,) object index per hit
+    z: np.ndarray  # (n,) depth (ray z = 1)
+    part: np.ndarray  # (n,) part id per hit
+    shade: np.ndarray  # (n,) diffuse factor, pattern applied
+    spec: np.ndarray  # (n,) specular term
+    color_row: np.ndarray  # (n,) column of ``_SceneTables.colors`` per hit
+    normals: np.ndarray  # (3, n) face normals, camera frame (not flipped)
+    flip: np.ndarray  # (n,) +1 where the normal faces the camera, -1 where not
+    pixels: list[np.ndarray]  # per object: the ray indices it is visible at (sorted)
+
+
+def _shade(
+    scene: rtcore_scene.EmbreeScene,
+    tables: _SceneTables,
+    objects: list[RenderObject],
+    light: Light,
+    origins: np.ndarray,
+    rays: np.ndarray,
+    rays_rows: np.ndarray,
+    view_rows: np.ndarray,
+) -> _Shaded:
+    """Cast ``rays`` (N, 3) with z = 1 from ``origins`` and shade the hits (Blinn-Phong, shadows,
+    textures). ``rays_rows`` and ``view_rows`` are the same directions and the unit vectors back
+    to the camera as (3, N) rows."""
     hit = scene.run(origins, rays, output=1)
     geom = hit["geomID"]
     hit_index = np.flatnonzero(geom >= 0)
@@ -240,9 +261,71 @@ def render(
         sel = np.flatnonzero(g == index)
         pixels.append(hit_index[sel])
         if obj.pattern != "plain" and len(sel):
-            axes = {"checker": (0, 1, 2), "grain": (0, 2)}.get(obj.pattern, (1,))
+            axes = {"checker": (0, 1, 2), "marker": (0, 1, 2), "grain": (0, 2)}.get(
+                obj.pattern, (1,)
+            )
             local = _local_rows(np.take(pts, sel, axis=1), obj, axes)
             shade[sel] *= _pattern(obj.pattern, local, obj.pattern_freq)
+    return _Shaded(hit_index, g, z, part_hit, shade, spec, color_row, normals, flip, pixels)
+
+
+def _hit_colours(tables: _SceneTables, shaded: _Shaded, c: int) -> np.ndarray:
+    """Channel ``c`` of the hits, in grey levels + 0.5 (float32, ready to truncate)."""
+    channel = np.take(tables.colors[c], shaded.color_row)
+    channel *= shaded.shade
+    channel += shaded.spec
+    np.clip(channel, 0.0, 1.0, out=channel)
+    channel *= 255
+    channel += 0.5
+    return channel
+
+
+def _edge_pixels(object_map: np.ndarray, rgb: np.ndarray, colour_step: int) -> np.ndarray:
+    """Flat indices of pixels whose object differs from a 4-neighbour's, or whose grey level
+    differs from one by more than ``colour_step``: where one centre ray aliases."""
+    edge = np.zeros(object_map.shape, dtype=bool)
+    grey = rgb.astype(np.int16).sum(axis=2)
+    for axis in (0, 1):
+        d_obj = np.diff(object_map, axis=axis) != 0
+        d_col = np.abs(np.diff(grey, axis=axis)) > 3 * colour_step
+        d = d_obj | d_col
+        if axis == 0:
+            edge[1:] |= d
+            edge[:-1] |= d
+        else:
+            edge[:, 1:] |= d
+            edge[:, :-1] |= d
+    return np.flatnonzero(edge)
+
+
+def render(
+    objects: list[RenderObject],
+    K: np.ndarray,
+    height: int,
+    width: int,
+    light: Light,
+    background: tuple[np.ndarray, np.ndarray] | None = None,
+    supersample: int = 1,
+    surface_info: bool = False,
+) -> RenderOutput:
+    """Ray-cast ``objects`` through a pinhole camera at the origin (OpenCV optical frame).
+
+    ``background`` is a (top colour, bottom colour) vertical gradient for pixels that hit nothing.
+    Shading runs in float32 on the hit pixels only, as (3, n_hits) rows. ``object_pixels[i]``
+    holds the sorted flat pixel indices where object ``i`` is visible.
+
+    ``supersample`` > 1 anti-aliases the colour image: pixels on object or texture edges are
+    shaded again with ``supersample`` x ``supersample`` sub-pixel rays and averaged (a real lens
+    and sensor integrate over the pixel). Depth, masks and hit points stay those of the pixel
+    centre, so the labels are unchanged. ``surface_info`` adds what a depth sensor model needs
+    per pixel: the camera-facing normal, the grey albedo of the base colour (textures left out:
+    printed patterns barely change a surface's infrared reflectance) and the gloss.
+    """
+    scene, tables = _scene_of(objects)
+    K_key = tuple(float(v) for v in np.asarray(K, dtype=np.float64).ravel())
+    rays, origins, rays_rows, view_rows = _camera_rays(K_key, height, width)
+    shaded = _shade(scene, tables, objects, light, origins, rays, rays_rows, view_rows)
+    hit_index = shaded.hit_index
 
     if background is None:
         background = (np.array([0.85, 0.85, 0.88]), np.array([0.55, 0.55, 0.6]))
@@ -252,26 +335,79 @@ def render(
     rgb[:] = (sky * 255 + 0.5).astype(np.uint8)[:, None, :]
     flat_rgb = rgb.reshape(-1, 3)
     for c in range(3):
-        channel = np.take(tables.colors[c], color_row)
-        channel *= shade
-        channel += spec
-        np.clip(channel, 0.0, 1.0, out=channel)
-        channel *= 255
-        channel += 0.5
-        flat_rgb[hit_index, c] = channel.astype(np.uint8)
+        flat_rgb[hit_index, c] = _hit_colours(tables, shaded, c).astype(np.uint8)
 
     n_pix = height * width
     depth = np.zeros(n_pix, dtype=np.float32)
-    depth[hit_index] = z
+    depth[hit_index] = shaded.z
     part = np.full(n_pix, NO_HIT, dtype=np.int32)
-    part[hit_index] = part_hit
-    return RenderOutput(
+    part[hit_index] = shaded.part
+    out = RenderOutput(
         rgb=rgb,
         depth=depth.reshape(height, width),
-        object_pixels=pixels,
+        object_pixels=shaded.pixels,
         part=part.reshape(height, width),
         points=(rays * depth[:, None]).reshape(height, width, 3),
     )
+    if supersample > 1 or surface_info:
+        object_map = np.full(n_pix, NO_HIT, dtype=np.int32)
+        object_map[hit_index] = shaded.g
+        out.object_index = object_map.reshape(height, width)
+    if surface_info:
+        normal = np.zeros((n_pix, 3), dtype=np.float32)
+        normal[hit_index] = (shaded.normals * shaded.flip).T
+        albedo = np.zeros(n_pix, dtype=np.float32)
+        cols = np.take(tables.colors, shaded.color_row, axis=1)
+        albedo[hit_index] = 0.299 * cols[0] + 0.587 * cols[1] + 0.114 * cols[2]
+        gloss = np.zeros(n_pix, dtype=np.float32)
+        gloss[hit_index] = np.take(tables.specular, shaded.g)
+        out.normal = normal.reshape(height, width, 3)
+        out.albedo = albedo.reshape(height, width)
+        out.gloss = gloss.reshape(height, width)
+    if supersample > 1:
+        _antialias(scene, tables, objects, light, K, out, sky, supersample)
+    return out
+
+
+def _antialias(
+    scene: rtcore_scene.EmbreeScene,
+    tables: _SceneTables,
+    objects: list[RenderObject],
+    light: Light,
+    K: np.ndarray,
+    out: RenderOutput,
+    sky: np.ndarray,
+    n: int,
+) -> None:
+    """Replace the colour of edge pixels by the mean of n x n sub-pixel samples, in place."""
+    height, width = out.depth.shape
+    edges = _edge_pixels(out.object_index, out.rgb, colour_step=8)
+    if not len(edges):
+        return
+    rows, cols = np.divmod(edges, width)
+    offsets = (np.arange(n) + 0.5) / n - 0.5
+    du, dv = np.meshgrid(offsets, offsets)
+    u = (cols[:, None] + du.ravel()[None]).ravel()
+    v = (rows[:, None] + dv.ravel()[None]).ravel()
+    K = np.asarray(K, dtype=np.float64)
+    dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)])
+    view = -dirs / np.linalg.norm(dirs, axis=0, keepdims=True)
+    rays_rows = np.ascontiguousarray(dirs, dtype=np.float32)
+    shaded = _shade(scene, tables, objects, light,
+                    np.zeros((len(u), 3), dtype=np.float32),
+                    np.ascontiguousarray(rays_rows.T), rays_rows,
+                    np.ascontiguousarray(view, dtype=np.float32))
+    # Sub-pixel rows of the sky gradient for the samples that miss everything.
+    v_clip = np.clip(v, 0, height - 1)
+    lo = np.floor(v_clip).astype(np.int64)
+    hi = np.minimum(lo + 1, height - 1)
+    frac = (v_clip - lo)[:, None]
+    samples = ((1 - frac) * sky[lo] + frac * sky[hi]) * 255 + 0.5
+    samples = samples.astype(np.float32)
+    for c in range(3):
+        samples[shaded.hit_index, c] = _hit_colours(tables, shaded, c)
+    mean = samples.reshape(len(edges), n * n, 3).mean(axis=1) - 0.5
+    out.rgb.reshape(-1, 3)[edges] = np.clip(np.round(mean), 0, 255).astype(np.uint8)
 
 
 @lru_cache(maxsize=1)

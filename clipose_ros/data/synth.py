@@ -5,6 +5,14 @@ random yaw, among optional distractors; a camera looks at them from random eleva
 distances. Every frame is written in the NOCS layout (``nocs_format.py``) with a label pickle,
 plus the instance meshes and YOLO segmentation labels for training a segmenter.
 
+Two kinds of frames: *clean* (``SynthConfig()``, the Python default, and ``clipose-synth
+--clean``): the original generator, bit for bit: a large plain table, ideal rendering, a light
+Kinect-style depth noise. *Realistic* (``clipose-synth``'s default, ``SynthConfig(sensor=...,
+scene="room")``): a room (finite table with edges, floor, walls, marker boards, boxes, clutter,
+materials from matte to glossy, camera mostly at 0.7-1.4 m) seen through a depth sensor and
+colour camera model (``sensor.py``: structured-light or active-stereo preset). The labels
+(masks, NOCS maps, poses) are exact in both.
+
 Output layout::
 
     OUT/<split>/<scene:05d>/<frame:04d>_{color,depth,mask,coord}.png, _meta.txt, _label.pkl
@@ -39,6 +47,7 @@ from tqdm import tqdm
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES, CLASS_IDS
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data import render as render_module
+from clipose_ros.data import sensor as sensor_module
 from clipose_ros.data.render import (
     Light,
     RenderObject,
@@ -66,6 +75,13 @@ PNG_PARAMS = [
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 TABLE_HALF_SIZE = 1.5  # metres
+SCENES = ("plain", "room")
+# Room scenes: camera distance to the objects 0.4-1.5 m, most (85 %) at 0.7-1.4 m, as REAL275
+# (objects at 0.9-1.3 m) with margin on both sides.
+ROOM_DISTANCE_M = (0.4, 1.5)
+ROOM_BULK_M = (0.7, 1.4)
+ROOM_BULK_SHARE = 0.85
+FLOOR_BELOW_TABLE_M = 0.75
 
 
 @dataclass
@@ -85,9 +101,25 @@ class SynthConfig:
     min_visible_pixels: int = 64
     min_handle_pixels: int = 20
     placement_radius_m: float = 0.3
+    # Realism (issue 11). sensor: a preset of sensor.PRESETS, or None for the clean frames;
+    # sensor_off: effects of the preset switched off (sensor.EFFECTS); scene: "plain" (the
+    # original large table) or "room". With a sensor, depth_noise=False switches off all of its
+    # depth effects (the colour effects stay).
+    sensor: str | None = None
+    sensor_off: tuple[str, ...] = ()
+    scene: str = "plain"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.sensor is not None and self.sensor not in sensor_module.PRESETS:
+            problems.append(f"unknown sensor preset {self.sensor!r}; known: "
+                            f"{sorted(sensor_module.PRESETS)}")
+        unknown = set(self.sensor_off) - set(sensor_module.EFFECTS)
+        if unknown:
+            problems.append(f"unknown sensor effects {sorted(unknown)}; known: "
+                            f"{list(sensor_module.EFFECTS)}")
+        if self.scene not in SCENES:
+            problems.append(f"scene must be one of {SCENES}, not {self.scene!r}")
         if self.width < 16 or self.height < 16:
             problems.append(f"image size {self.width}x{self.height} is below 16x16")
         if not 1 <= self.min_objects <= self.max_objects:
@@ -103,6 +135,16 @@ class SynthConfig:
             problems.append("intrinsics must be a 3x3 matrix")
         if problems:
             raise ValueError("invalid SynthConfig: " + "; ".join(problems))
+        self.sensor_off = tuple(self.sensor_off)
+
+    def sensor_preset(self) -> sensor_module.SensorPreset | None:
+        """The sensor preset with this config's effects switched off (None: clean frames)."""
+        if self.sensor is None:
+            return None
+        off = set(self.sensor_off)
+        if not self.depth_noise:
+            off |= set(sensor_module.DEPTH_EFFECTS)
+        return sensor_module.preset(self.sensor).without(*off)
 
 
 @dataclass
@@ -136,15 +178,18 @@ def _random_color(rng: np.random.Generator, saturation: tuple[float, float] = (0
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
 
 
-def _appearance(category: str, rng: np.random.Generator) -> dict:
-    colors = np.stack([_random_color(rng) for _ in range(3)])
+def _appearance(category: str, rng: np.random.Generator, room: bool = False) -> dict:
+    """Colours and material of an object; ``room``: the realistic scenes' range (less
+    saturated colours as in real rooms, matte to glossy)."""
+    saturation = (0.1, 0.75) if room else (0.2, 0.9)
+    colors = np.stack([_random_color(rng, saturation) for _ in range(3)])
     patterns = ["plain", "stripes", "checker", "band"]
     weights = [0.4, 0.2, 0.1, 0.3] if category in ("bottle", "can") else [0.6, 0.2, 0.15, 0.05]
     return dict(
         colors=colors,
         pattern=str(rng.choice(patterns, p=weights)),
         pattern_freq=float(rng.uniform(3, 10)),
-        specular=float(rng.uniform(0.0, 0.5)),
+        specular=float(rng.uniform(0.0, 0.8 if room else 0.5)),
         shininess=float(rng.uniform(5, 60)),
     )
 
@@ -167,22 +212,41 @@ def _distractor_mesh(rng: np.random.Generator) -> trimesh.Trimesh:
     return trimesh.creation.icosphere(subdivisions=2, radius=size[0] / 2)
 
 
+@dataclass
+class Fixture:
+    """A static part of a room scene: table, floor, wall, board or box (world frame)."""
+
+    kind: str  # table | floor | wall | board | box
+    mesh: trimesh.Trimesh
+    R_world: np.ndarray
+    t_world: np.ndarray
+    style: dict
+    wall_plane: tuple[np.ndarray, float] | None = None  # inward normal n, offset: n.x + c >= 0
+
+
+def _free_spot(rng: np.random.Generator, footprints: list, radius: float,
+               spread: float) -> np.ndarray | None:
+    """A table position (x, z) whose footprint circle clears all others; None after 100 tries."""
+    for _ in range(100):
+        xz = rng.uniform(-1, 1, size=2) * (spread + 0.05 * len(footprints))
+        if all(np.linalg.norm(xz - c) > radius + r + 0.01 for c, r in footprints):
+            footprints.append((xz, radius))
+            return xz
+    return None
+
+
 def _place_objects(
-    cfg: SynthConfig, split: str, rng: np.random.Generator
+    cfg: SynthConfig, split: str, rng: np.random.Generator,
+    footprints: list | None = None,
 ) -> tuple[list[PlacedObject], list[tuple[trimesh.Trimesh, np.ndarray, np.ndarray]]]:
     """Objects and distractors on the table (world y up, table top at y = 0), non-intersecting
-    by their footprint circles."""
+    by their footprint circles (collected in ``footprints``)."""
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     placed: list[PlacedObject] = []
-    footprints: list[tuple[np.ndarray, float]] = []
+    footprints = [] if footprints is None else footprints
 
     def free_spot(radius: float) -> np.ndarray | None:
-        for _ in range(100):
-            xz = rng.uniform(-1, 1, size=2) * (cfg.placement_radius_m + 0.05 * len(footprints))
-            if all(np.linalg.norm(xz - c) > radius + r + 0.01 for c, r in footprints):
-                footprints.append((xz, radius))
-                return xz
-        return None
+        return _free_spot(rng, footprints, radius, cfg.placement_radius_m)
 
     for _ in range(n):
         category = str(rng.choice(CATEGORIES))
@@ -207,11 +271,108 @@ def _place_objects(
     return placed, distractors
 
 
+def _grey_color(rng: np.random.Generator, value: tuple[float, float],
+                saturation: float = 0.15) -> np.ndarray:
+    hsv = np.uint8([[[rng.integers(0, 180), rng.uniform(0, saturation) * 255,
+                      rng.uniform(*value) * 255]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+
+
+def _table_style(rng: np.random.Generator) -> tuple[str, dict]:
+    """A room table's material: glossy black (as REAL275's), wood, or matte light laminate."""
+    kind = str(rng.choice(["glossy_black", "wood", "laminate"], p=[0.5, 0.25, 0.25]))
+    if kind == "glossy_black":
+        return kind, dict(colors=_grey_color(rng, (0.03, 0.12), 0.1)[None], pattern="plain",
+                          specular=float(rng.uniform(0.5, 0.9)),
+                          shininess=float(rng.uniform(30, 90)))
+    if kind == "wood":
+        hsv = np.uint8([[[rng.integers(8, 22), rng.uniform(0.3, 0.6) * 255,
+                          rng.uniform(0.3, 0.75) * 255]]])
+        color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+        return kind, dict(colors=color[None], pattern="grain",
+                          pattern_freq=float(rng.uniform(4, 12)),
+                          specular=float(rng.uniform(0.05, 0.35)),
+                          shininess=float(rng.uniform(10, 40)))
+    return kind, dict(colors=_grey_color(rng, (0.55, 0.9))[None], pattern="plain",
+                      specular=float(rng.uniform(0.0, 0.2)), shininess=10.0)
+
+
+def _room_fixtures(rng: np.random.Generator, footprints: list) -> list[Fixture]:
+    """Table with edges, floor, four walls around it, marker boards and boxes on the table.
+
+    The table top is y = 0 around the origin; walls stand 0-0.25 m beyond the table edges (so a
+    camera on one side sees the far wall 0.2-0.6 m behind the objects); frames drop the walls
+    the camera stands behind (:func:`_visible_fixtures`).
+    """
+    half = rng.uniform(0.45, 0.75, size=2)  # table half extents along x and z
+    kind, style = _table_style(rng)
+    fixtures = [Fixture("table", trimesh.creation.box([2 * half[0], 0.03, 2 * half[1]]),
+                        np.eye(3), np.array([0.0, -0.015, 0.0]), style)]
+    floor_y = -FLOOR_BELOW_TABLE_M
+    fixtures.append(Fixture(
+        "floor", trimesh.creation.box([8.0, 0.02, 8.0]), np.eye(3),
+        np.array([0.0, floor_y - 0.01, 0.0]),
+        dict(colors=_grey_color(rng, (0.2, 0.6), 0.3)[None], pattern="plain",
+             specular=float(rng.uniform(0.0, 0.3)), shininess=20.0)))
+    wall_color = _grey_color(rng, (0.6, 0.95), 0.12)
+    height = 2.5
+    for axis in (0, 2):
+        for sign in (-1.0, 1.0):
+            offset = half[0 if axis == 0 else 1] + rng.uniform(0.0, 0.25)
+            size = [0.02, height, 8.0] if axis == 0 else [8.0, height, 0.02]
+            t = np.zeros(3)
+            t[axis] = sign * offset
+            t[1] = floor_y + height / 2
+            normal = np.zeros(3)
+            normal[axis] = -sign  # pointing into the room
+            fixtures.append(Fixture(
+                "wall", trimesh.creation.box(size), np.eye(3), t,
+                dict(colors=wall_color[None], pattern="plain", specular=0.02, shininess=5.0),
+                wall_plane=(normal, offset)))
+    for _ in range(int(rng.integers(0, 3))):  # flat marker / calibration boards
+        side = rng.uniform(0.12, 0.3, size=2)
+        xz = _free_spot(rng, footprints, 0.5 * float(np.hypot(*side)), 0.35)
+        if xz is None:
+            continue
+        R = rotation_about_axis(np.array([0.0, 1.0, 0.0]), rng.uniform(0, 2 * np.pi))
+        fixtures.append(Fixture(
+            "board", trimesh.creation.box([side[0], 0.004, side[1]]), R,
+            np.array([xz[0], 0.002, xz[1]]),
+            dict(colors=_grey_color(rng, (0.85, 0.97), 0.05)[None], pattern="marker",
+                 pattern_freq=float(rng.uniform(25, 50)), specular=0.02, shininess=5.0)))
+    for _ in range(int(rng.integers(0, 3))):  # boxes
+        size = rng.uniform(0.06, 0.25, size=3)
+        xz = _free_spot(rng, footprints, 0.5 * float(np.hypot(size[0], size[2])), 0.35)
+        if xz is None:
+            continue
+        R = rotation_about_axis(np.array([0.0, 1.0, 0.0]), rng.uniform(0, 2 * np.pi))
+        style = _appearance("box", rng, room=True)
+        fixtures.append(Fixture("box", trimesh.creation.box(size), R,
+                                np.array([xz[0], size[1] / 2, xz[1]]), style))
+    return fixtures
+
+
+def _visible_fixtures(fixtures: list[Fixture], eye: np.ndarray) -> list[Fixture]:
+    """The fixtures a camera at ``eye`` can see: walls it stands behind are left out."""
+    keep = []
+    for f in fixtures:
+        if f.wall_plane is not None:
+            normal, offset = f.wall_plane
+            if float(normal @ eye) + offset < 0.05:
+                continue
+        keep.append(f)
+    return keep
+
+
 def _camera_pose(cfg: SynthConfig, placed: list[PlacedObject], rng: np.random.Generator):
     target = np.mean([p.t_world for p in placed], axis=0) + rng.normal(0, 0.03, 3)
     elevation = np.radians(rng.uniform(*cfg.elevation_deg))
     azimuth = rng.uniform(0, 2 * np.pi)
-    distance = rng.uniform(*cfg.distance_m)
+    if cfg.scene == "room":
+        bulk = rng.random() < ROOM_BULK_SHARE
+        distance = rng.uniform(*(ROOM_BULK_M if bulk else ROOM_DISTANCE_M))
+    else:
+        distance = rng.uniform(*cfg.distance_m)
     ce, se = np.cos(elevation), np.sin(elevation)
     direction = np.array([ce * np.sin(azimuth), se, ce * np.cos(azimuth)])
     eye = target + distance * direction
@@ -226,9 +387,17 @@ def render_frame(
     distractors: list,
     table: dict,
     rng: np.random.Generator,
+    fixtures: list[Fixture] | None = None,
+    debug: bool = False,
 ) -> dict:
-    """Render one view; returns images and per-instance ground truth (camera frame)."""
+    """Render one view; returns images and per-instance ground truth (camera frame).
+
+    ``fixtures`` (room scenes) replace the plain table. ``debug`` adds ``frame["debug"]``: the
+    ideal depth and colour, the object index per pixel and the surface kind per object index
+    (``category`` names, ``distractor``, and the fixture kinds), for measuring realism.
+    """
     K = np.asarray(cfg.intrinsics)
+    preset = cfg.sensor_preset()
     R_wc, eye = _camera_pose(cfg, placed, rng)
     R_cw = R_wc.T
 
@@ -244,17 +413,28 @@ def render_frame(
                 part_ids=p.instance.part_ids, **p.style,
             )
         )
-    R, t = to_camera(np.eye(3), np.array([0.0, -0.01, 0.0]))
-    objects.append(RenderObject(_table_mesh(), R, t, 1.0, **table))
+    kinds = [p.instance.category for p in placed]
+    if fixtures is None:
+        R, t = to_camera(np.eye(3), np.array([0.0, -0.01, 0.0]))
+        objects.append(RenderObject(_table_mesh(), R, t, 1.0, **table))
+        kinds.append("table")
     for mesh, R_w, t_w in distractors:
         R, t = to_camera(R_w, t_w)
-        style = _appearance("distractor", rng)
+        style = _appearance("distractor", rng, room=fixtures is not None)
         objects.append(RenderObject(mesh, R, t, 1.0, **style))
+        kinds.append("distractor")
+    for f in _visible_fixtures(fixtures or [], eye):
+        R, t = to_camera(f.R_world, f.t_world)
+        objects.append(RenderObject(f.mesh, R, t, 1.0, **f.style))
+        kinds.append(f.kind)
 
     light_world = np.array([rng.uniform(-1, 1), rng.uniform(1, 2.5), rng.uniform(-1, 1)])
     light = Light(R_cw @ light_world, ambient=rng.uniform(0.25, 0.5), diffuse=rng.uniform(0.5, 0.9))
     background = (_random_color(rng, (0.0, 0.3)), _random_color(rng, (0.0, 0.3)))
-    out = render(objects, K, cfg.height, cfg.width, light, background)
+    antialias = preset is not None and "antialias" in preset.effects
+    out = render(objects, K, cfg.height, cfg.width, light, background,
+                 supersample=preset.colour.supersample if antialias else 1,
+                 surface_info=preset is not None or debug)
 
     width = cfg.width
     mask = np.full(cfg.height * width, nf.BACKGROUND_ID, dtype=np.uint8)
@@ -295,16 +475,33 @@ def render_frame(
                 visible_pixels=count,
             )
         )
-    depth = add_depth_noise(out.depth, rng) if cfg.depth_noise else out.depth
-    rgb = fast_normal(rng, out.rgb.shape)
-    rgb *= RGB_NOISE_SIGMA
-    rgb += out.rgb
-    np.clip(rgb, 0, 255, out=rgb)
+    record = None
+    if preset is None:
+        depth = add_depth_noise(out.depth, rng) if cfg.depth_noise else out.depth
+        rgb = fast_normal(rng, out.rgb.shape)
+        rgb *= RGB_NOISE_SIGMA
+        rgb += out.rgb
+        np.clip(rgb, 0, 255, out=rgb)
+        rgb = rgb.astype(np.uint8)
+    else:
+        # One draw per frame, whatever the effects: switching an effect changes nothing else.
+        seed = int(rng.integers(2**63))
+        depth, record = sensor_module.apply_depth_sensor(
+            preset, out.depth, K, out.albedo, out.gloss, out.normal, seed)
+        rgb = sensor_module.apply_colour_camera(preset, out.rgb, seed)
     shape = (cfg.height, width)
-    return dict(
-        rgb=rgb.astype(np.uint8), depth=depth, mask=mask.reshape(shape),
+    frame = dict(
+        rgb=rgb, depth=depth, mask=mask.reshape(shape),
         coord=coord.reshape(*shape, 3), instances=instances, K=K,
     )
+    if record is not None:
+        frame["sensor"] = record
+    if debug:
+        frame["debug"] = dict(
+            ideal_depth=out.depth, ideal_rgb=out.rgb, object_index=out.object_index,
+            kinds=kinds, albedo=out.albedo, gloss=out.gloss, normal=out.normal,
+        )
+    return frame
 
 
 def write_frame(prefix: Path, frame: dict) -> None:
@@ -338,6 +535,8 @@ def write_frame(prefix: Path, frame: dict) -> None:
             "visible_pixels": np.array([i["visible_pixels"] for i in inst], dtype=np.int64),
         },
     )
+    if "sensor" in frame:  # the preset and this frame's depth-colour offset
+        label.extra["sensor"] = frame["sensor"]
     nf.write_label(prefix, label)
 
 
@@ -366,22 +565,33 @@ def _write_model(out: Path, split: str, inst: ShapeInstance) -> None:
     os.replace(str(tmp) + ".obj", path)
 
 
-def generate_scene(args: tuple) -> int:
-    """Render and write all frames of one scene; returns the number of frames written."""
-    cfg, out, split, scene, frames, seed = args
-    rng = np.random.default_rng(stable_seed(seed, split, scene))
+def build_scene(cfg: SynthConfig, split: str, rng: np.random.Generator) -> tuple:
+    """The static content of one scene: (placed objects, distractors, table style, fixtures);
+    fixtures are None for plain scenes."""
     placed: list[PlacedObject] = []
     while not placed:
-        placed, distractors = _place_objects(cfg, split, rng)
+        footprints: list = []
+        placed, distractors = _place_objects(cfg, split, rng, footprints)
+    room = cfg.scene == "room"
     for p in placed:
-        p.style = _appearance(p.instance.category, rng)
-        _write_model(out, split, p.instance)
+        p.style = _appearance(p.instance.category, rng, room=room)
     table = dict(
         colors=np.stack([_random_color(rng, (0.0, 0.5))]),
         pattern=str(rng.choice(["plain", "checker", "stripes", "grain"])),
         pattern_freq=float(rng.uniform(2, 12)),
         specular=0.05,
     )
+    fixtures = _room_fixtures(rng, footprints) if room else None
+    return placed, distractors, table, fixtures
+
+
+def generate_scene(args: tuple) -> int:
+    """Render and write all frames of one scene; returns the number of frames written."""
+    cfg, out, split, scene, frames, seed = args
+    rng = np.random.default_rng(stable_seed(seed, split, scene))
+    placed, distractors, table, fixtures = build_scene(cfg, split, rng)
+    for p in placed:
+        _write_model(out, split, p.instance)
     scene_dir = out / split / f"{scene:05d}"
     scene_dir.mkdir(parents=True, exist_ok=True)
     yolo_img = out / "yolo" / "images" / split
@@ -391,7 +601,7 @@ def generate_scene(args: tuple) -> int:
     for f in range(frames):
         frame = None
         for _ in range(10):  # a view that shows at least one object
-            frame = render_frame(cfg, placed, distractors, table, rng)
+            frame = render_frame(cfg, placed, distractors, table, rng, fixtures)
             if frame["instances"]:
                 break
         prefix = scene_dir / f"{f:04d}"
@@ -505,8 +715,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--instances-per-category", type=int, default=50)
     parser.add_argument("--max-objects", type=int, default=6)
-    parser.add_argument("--no-depth-noise", action="store_true", help="exact depth")
+    parser.add_argument("--no-depth-noise", action="store_true",
+                        help="exact depth (with a preset: all its depth effects off)")
     parser.add_argument("--no-distractors", action="store_true")
+    parser.add_argument(
+        "--preset", choices=sorted(sensor_module.PRESETS), default="structured-light",
+        help="depth sensor and colour camera model (sensor.py): structured-light is REAL275's "
+             "camera, active-stereo a RealSense D4xx",
+    )
+    parser.add_argument(
+        "--clean", action="store_true",
+        help="the original ideal frames (plain table, no sensor model), bit for bit as before "
+             "the realism presets; --preset and --disable are then ignored",
+    )
+    parser.add_argument("--scene", choices=SCENES, default=None,
+                        help="room (default with a preset) or plain (default with --clean)")
+    parser.add_argument("--disable", nargs="+", default=[], metavar="EFFECT",
+                        choices=sensor_module.EFFECTS,
+                        help="switch off effects of the preset: "
+                             + ", ".join(sensor_module.EFFECTS))
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.frames_per_scene < 1 or args.workers < 0:
         parser.error("--scenes and --frames-per-scene must be >= 1 and --workers >= 0")
@@ -517,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
             max_objects=args.max_objects,
             depth_noise=not args.no_depth_noise,
             max_distractors=0 if args.no_distractors else SynthConfig.max_distractors,
+            sensor=None if args.clean else args.preset,
+            sensor_off=() if args.clean else tuple(args.disable),
+            scene=args.scene or ("plain" if args.clean else "room"),
         )
     except ValueError as err:
         parser.error(str(err))
