@@ -126,20 +126,39 @@ def holdout_split(root: Path, out: Path, fraction: float, seed: int) -> tuple[Pa
     rng = random.Random(seed)
     n_val = max(1, round(fraction * len(scenes)))
     val_scenes = set(rng.sample(scenes, n_val))
-    for name in ("train", "val"):
-        target = out / name
-        if target.exists():
-            for p in sorted(target.rglob("*"), reverse=True):
-                p.unlink() if p.is_symlink() or p.is_file() else p.rmdir()
-            target.rmdir()
+    link_scenes(root, [s for s in scenes if s not in val_scenes], out / "train")
+    link_scenes(root, [s for s in scenes if s in val_scenes], out / "val")
+    log.info("held out %d of %d scenes of %s for validation", n_val, len(scenes), root)
+    return out / "train", out / "val"
+
+
+def scarce_subset(root: Path, out: Path, fraction: float, seed: int) -> Path:
+    """A symlink tree ``out`` of a seeded share of ``root``'s scene folders (whole scenes):
+    the scarce-data setting of the ablation, from the same frames as the full one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    scenes = sorted({p.parent for p in list_frames(root, labelled=True)})
+    n = max(1, round(fraction * len(scenes)))
+    keep = sorted(random.Random(seed + 1).sample(scenes, n))
+    link_scenes(root, keep, out)
+    log.info(
+        "training on %d of %d scenes of %s (train_fraction %g)", n, len(scenes), root, fraction
+    )
+    return out
+
+
+def link_scenes(root: Path, scenes: list[Path], target: Path) -> None:
+    """Replace ``target`` with a tree of symlinks to the files of ``scenes`` (under ``root``)."""
+    if target.exists():
+        for p in sorted(target.rglob("*"), reverse=True):
+            p.unlink() if p.is_symlink() or p.is_file() else p.rmdir()
+        target.rmdir()
     for scene in scenes:
-        dest = out / ("val" if scene in val_scenes else "train") / scene.relative_to(root)
+        dest = target / scene.relative_to(root)
         dest.mkdir(parents=True, exist_ok=True)
         for f in scene.iterdir():
             if f.is_file():
                 (dest / f.name).symlink_to(f.resolve())
-    log.info("held out %d of %d scenes of %s for validation", n_val, len(scenes), root)
-    return out / "train", out / "val"
 
 
 class ResumableSampler(Sampler[int]):
@@ -370,6 +389,12 @@ def train(
             train_root, val_root = split_dir / "train", split_dir / "val"
     else:
         val_root = None
+    fraction = float(dc.get("train_fraction") or 1.0)
+    if fraction < 1.0:
+        if main_rank:
+            train_root = scarce_subset(train_root, out / "subset", fraction, seed)
+        else:
+            train_root = out / "subset"
     cache_dir = Path(dc["cache_dir"]) if dc.get("cache_dir") else out / "cache"
     if main_rank:
         ensure_cache(

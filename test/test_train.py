@@ -21,7 +21,7 @@ from clipose_ros.model.export import export_checkpoint
 from clipose_ros.model.loader import META_NAME
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
-from clipose_ros.train import ConfigError, load_config, main, train, validate
+from clipose_ros.train import ConfigError, load_config, main, scarce_subset, train, validate
 
 SMALL = NetConfig(
     n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64
@@ -234,3 +234,18 @@ def test_resume_with_the_clip_branch_continues_exactly_and_checks_its_config(dat
     for part in ("model", "clip_branch"):
         for k, v in a[part].items():
             assert torch.allclose(v, b[part][k], atol=1e-5), (part, k)
+
+
+def test_scarce_subset_takes_whole_scenes_reproducibly(data, tmp_path):
+    a = scarce_subset(data, tmp_path / "a", 0.25, seed=0)
+    b = scarce_subset(data, tmp_path / "b", 0.25, seed=0)
+    scenes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    picked = sorted(p.name for p in a.iterdir())
+    assert len(picked) == 2 and set(picked) <= set(scenes)
+    assert picked == sorted(p.name for p in b.iterdir())
+    for scene in picked:  # every file of a picked scene, as links to the originals
+        files = sorted(f.name for f in (data / scene).iterdir())
+        assert sorted(f.name for f in (a / scene).iterdir()) == files
+        assert (a / scene / files[0]).resolve() == (data / scene / files[0]).resolve()
+    with pytest.raises(ConfigError, match="train_fraction must be in"):
+        scarce_subset(data, tmp_path / "c", 0.0, seed=0)

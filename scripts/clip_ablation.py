@@ -1,0 +1,236 @@
+"""The CLIPose ablation: three arms, each on the full and on a scarce training set.
+
+Arms (one seed, one data split, one epoch budget per setting):
+
+- ``a_pose``: the pose network alone (``clip.enabled: false``);
+- ``b_text``: + point-text alignment with the pose-aware prompts (no image tower, no prompts);
+- ``c_full``: + the image branch with deep visual prompt tuning (every term on: CLIPose).
+
+Settings: ``full`` (every training scene but the held-out validation scenes) and ``scarce``
+(a seeded ``--fraction`` of those scenes, ``data.train_fraction``). The split and the training
+cache (with RGB crops at the teacher's input size, so that all arms read one cache) are made
+once per setting before the arms start. Runs go ``--parallel`` at a time with ``--threads``
+torch threads each. Every run is exported and scored with ``clipose-eval`` (ground-truth masks)
+on ``--test-data``; its training cost (s per epoch, peak memory) comes from its metrics.csv.
+
+Outputs in ``--out``: one folder per run (``<setting>_<arm>``: the clipose-train run, ``pose.pt``,
+``eval/``), ``ablation.json``, ``ablation.md`` (the README table) and ``ablation.png``.
+Runs already finished (``pose.pt`` and ``eval/metrics.json`` present) are not repeated, so the
+command can be re-run after an interruption.
+
+    .venv/bin/python scripts/clip_ablation.py --data data/synth_v2/train \\
+        --test-data data/synth_v2/test --out runs/ablation --epochs-full 2 --epochs-scarce 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clipose_ros.logs import log_to_terminal_and_file
+from clipose_ros.model.cache import ensure_cache
+from clipose_ros.model.clip_branch import load_clip
+from clipose_ros.points import PointsConfig
+from clipose_ros.train import holdout_split, load_config, scarce_subset
+
+log = logging.getLogger("clipose.ablation")
+
+ARMS = {
+    "a_pose": ["clip.enabled=false"],
+    "b_text": [
+        "clip.enabled=true",
+        "clip.prompt_mode=none",
+        "clip.point_image_weight=0",
+        "clip.image_text_weight=0",
+    ],
+    "c_full": ["clip.enabled=true"],
+}
+ARM_NAMES = {
+    "a_pose": "(a) pose network alone",
+    "b_text": "(b) + point-text, pose-aware prompts",
+    "c_full": "(c) + image branch, prompt tuning (CLIPose)",
+}
+METRICS = ("IoU50", "IoU75", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
+
+
+def prepare_setting(
+    name: str, data: Path, out: Path, fraction: float, seed: int, crop: int, base: dict
+) -> tuple[Path, Path, Path]:
+    """Split (and subsample) once; build the shared cache; returns (train, val, cache)."""
+    split = out / f"{name}_data"
+    train, val = holdout_split(data, split, float(base["data"]["val_fraction"]), seed)
+    if fraction < 1.0:
+        train = scarce_subset(train, split / "subset", fraction, seed)
+    cache = out / f"{name}_cache"
+    points = PointsConfig(**base["points"])
+    ensure_cache(train, cache, points, rgb_crop_size=crop, intrinsics=base["data"]["intrinsics"])
+    return train, val, cache
+
+
+def run_command(cmd: list[str], log_file: Path) -> subprocess.Popen:
+    log.info("start: %s (log %s)", " ".join(cmd), log_file)
+    return subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+
+
+def train_export_eval(job: dict, test_data: Path) -> list[list[str]]:
+    """The three commands of one run, in order."""
+    run = job["run"]
+    py = sys.executable
+    final, pose = str(run / "checkpoints" / "final.pt"), str(run / "pose.pt")
+    return [
+        [py, "-m", "clipose_ros.train", "--out", str(run), "--no-progress", *job["train_args"]],
+        [py, "-m", "clipose_ros.model.export", "--checkpoint", final, "--out", pose],
+        [py, "-m", "clipose_ros.evaluate", "--estimator", "clipose", "--model", pose,
+         "--data", str(test_data), "--out", str(run / "eval")],
+    ]  # fmt: skip
+
+
+def summarise(job: dict) -> dict:
+    """Test metrics and training cost of a finished run."""
+    run = job["run"]
+    scores = json.loads((run / "eval" / "metrics.json").read_text())
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    row = {
+        "setting": job["setting"],
+        "arm": job["arm"],
+        "epochs": len(rows),
+        "s_per_epoch": sum(float(r["epoch_s"]) for r in rows) / max(len(rows), 1),
+        "peak_rss_mib": max(float(r["peak_rss_mib"]) for r in rows),
+        "train_instances": job["instances"],
+    }
+    for mode in ("exact", "nocs"):
+        mean = scores["modes"][mode]["classes"]["mean"]
+        for k in METRICS:
+            if mode == "exact" or k.startswith("IoU"):
+                row[k if mode == "exact" else f"{k}_nocs"] = mean[k]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| setting | arm | epochs | IoU50 | IoU75 | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
+        "| IoU50 (NOCS boxes) | s/epoch | peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        vals = " | ".join(f"{r[k]:.1f}" for k in METRICS)
+        lines.append(
+            f"| {r['setting']} ({r['train_instances']} inst.) | {ARM_NAMES[r['arm']]} "
+            f"| {r['epochs']} | {vals} | {r['IoU50_nocs']:.1f} | {r['s_per_epoch']:.0f} "
+            f"| {r['peak_rss_mib']:.0f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        sub = [r for r in rows if r["setting"] == setting]
+        x = np.arange(len(METRICS))
+        for i, r in enumerate(sub):
+            ax.bar(x + (i - 1) * 0.27, [r[k] for k in METRICS], 0.27, label=ARM_NAMES[r["arm"]])
+        ax.set_xticks(x, METRICS)
+        ax.set_ylabel("test mAP (%)")
+        ax.set_title(f"{setting} training set ({sub[0]['train_instances']} instances)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="NOCS-format training folder")
+    p.add_argument("--test-data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, default=None, help="base clipose-train config")
+    p.add_argument("--epochs-full", type=int, default=2)
+    p.add_argument("--epochs-scarce", type=int, default=10)
+    p.add_argument("--fraction", type=float, default=0.1, help="scarce share of the scenes")
+    p.add_argument("--settings", default="full,scarce")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--set", action="append", default=[], help="extra clipose-train overrides")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_to_terminal_and_file(args.out, "ablation.log")
+    base = load_config(args.config, args.set)
+    seed = int(base["train"]["seed"])
+    crop = load_clip(base["clip"]["model"], base["clip"]["pretrained"]).image_size
+    jobs = []
+    for setting in args.settings.split(","):
+        fraction = 1.0 if setting == "full" else args.fraction
+        epochs = args.epochs_full if setting == "full" else args.epochs_scarce
+        train, val, cache = prepare_setting(
+            setting, args.data, args.out, fraction, seed, crop, base
+        )
+        instances = json.loads((cache / "manifest.json").read_text())["instances"]
+        for arm in args.arms.split(","):
+            overrides = [
+                f"data.cache_dir={cache}",
+                f"data.rgb_crop_size={crop}",
+                f"train.threads={args.threads}",
+                f"train.val_every={epochs + 1}",  # validate after the last epoch only
+                *args.set,
+                *ARMS[arm],
+            ]
+            train_args = ["--data", str(train), "--val-data", str(val), "--epochs", str(epochs)]
+            for o in overrides:
+                train_args += ["--set", o]
+            jobs.append(
+                {
+                    "setting": setting,
+                    "arm": arm,
+                    "run": args.out / f"{setting}_{arm}",
+                    "train_args": train_args,
+                    "instances": instances,
+                }
+            )
+    todo = [j for j in jobs if not (j["run"] / "eval" / "metrics.json").is_file()]
+    log.info("%d runs, %d to do, %d at a time", len(jobs), len(todo), args.parallel)
+    running: list[tuple[dict, list[list[str]], subprocess.Popen]] = []
+    t0 = time.monotonic()
+    while todo or running:
+        while todo and len(running) < args.parallel:
+            job = todo.pop(0)
+            job["run"].mkdir(parents=True, exist_ok=True)
+            steps = train_export_eval(job, args.test_data)
+            running.append((job, steps[1:], run_command(steps[0], job["run"] / "step_0.log")))
+        time.sleep(5)
+        for entry in list(running):
+            job, rest, proc = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            if proc.returncode != 0:
+                log.error("%s failed (exit %d): see %s", job["run"], proc.returncode, job["run"])
+                continue
+            if rest:
+                n = 3 - len(rest)
+                running.append((job, rest[1:], run_command(rest[0], job["run"] / f"step_{n}.log")))
+            else:
+                log.info("%s done (%.0f min so far)", job["run"].name, (time.monotonic() - t0) / 60)
+    rows = [summarise(j) for j in jobs if (j["run"] / "eval" / "metrics.json").is_file()]
+    (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "ablation.md").write_text(table(rows))
+    plot(rows, args.out / "ablation.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
