@@ -22,10 +22,11 @@ Definitions (the same for every preset):
   point-plane distances; autocorrelation: Pearson correlation of horizontally adjacent
   residuals. Medians over frames.
 - depth steps: the median gap between the distinct written depth values (mm) of surface pixels
-  whose ideal depth is within 5 cm of 0.8 m and of 1.35 m (pooled over frames).
+  whose ideal and written depths are within 5 cm of 0.8 m and of 1.35 m (pooled over frames).
 - depth vs colour outline: per object row (column) that borders a background at least 5 cm
-  farther, the first/last column (row) whose written depth is within 3 cm of the object's,
-  minus the mask's; medians per side (negative: depth reaches further left/up).
+  farther, the first/last column (row) whose written depth is within 3 cm of the object's depth
+  at the mask's edge pixel, minus the mask's; medians per side (negative: depth reaches further
+  left/up).
 - colour: mean HSV saturation; noise: std of grey minus its 5x5 mean on pixels whose ideal
   colour is flat over 5x5; one-step edges: of the strong horizontal edges (>= 40 grey levels over
   3 pixel steps, at the largest step), the share whose largest single step carries >= 80 %.
@@ -136,7 +137,7 @@ def _outline_offsets(depth: np.ndarray, ideal: np.ndarray, mask: np.ndarray, tal
             outside = edge + 4 * step
             if not 0 <= outside < m.shape[1]:
                 continue
-            z_obj = float(np.median(ideal_t[r, cols]))
+            z_obj = float(ideal_t[r, edge])
             if not ideal_t[r, outside] > z_obj + 0.05 and ideal_t[r, outside] != 0:
                 continue
             lo, hi = max(edge - 10, 0), min(edge + 11, m.shape[1])
@@ -220,7 +221,7 @@ def _frame_stats(frame: dict, tally: Tally) -> None:
         if np.isfinite(stats[1]):
             tally.add("autocorr", stats[1])
     for z0 in (0.8, 1.35):
-        sel = surface & (depth > 0) & (np.abs(ideal - z0) < 0.05)
+        sel = surface & (np.abs(depth - z0) < 0.05) & (np.abs(ideal - z0) < 0.05)
         tally.add(f"steps{z0}", np.unique(np.round(depth[sel] * 1000)).astype(int))
     for inst in frame["instances"]:
         _outline_offsets(depth, ideal, frame["mask"] == inst["instance_id"], tally)

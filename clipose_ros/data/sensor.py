@@ -15,8 +15,8 @@ grey albedo, gloss) in this order:
                 of a stereo pair) cannot see get no depth: holes on one side of depth edges,
                 as wide as the disparity jump; stereo cameras also lose the band at the image
                 border that only one imager sees.
-``fattening``   foreground depth spreads over its depth edges by about a pixel, as the
-                matching window straddles the edge.
+``fattening``   foreground depth spreads over its depth edges (into the shadow too) by a pixel
+                or two, as the matching window straddles the edge.
 ``noise``       white disparity noise (depth noise that grows with z**2).
 ``correlated``  spatially correlated disparity noise: a smooth bias field, offsets of
                 horizontal bands and noise correlated over a few pixels.
@@ -242,7 +242,10 @@ def fatten_foreground(depth: np.ndarray, pixels: int) -> np.ndarray:
     far = np.where(depth > 0, depth, np.float32(np.inf)).astype(np.float32)
     kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (2 * pixels + 1, 2 * pixels + 1))
     nearest = cv2.erode(far, kernel, borderType=cv2.BORDER_REPLICATE)
-    take = nearest < far - np.float32(EDGE_JUMP_M)
+    # Only beside real depth edges: a steep but smooth surface changes > 2 cm over a few pixels
+    # too, and must keep its shape.
+    near_edge = cv2.dilate(depth_edges(depth).astype(np.uint8), kernel).astype(bool)
+    take = near_edge & (nearest < far - np.float32(EDGE_JUMP_M))
     out = depth.copy()
     out[take] = nearest[take]
     return out
@@ -367,11 +370,10 @@ def apply_depth_sensor(preset_: SensorPreset, depth: np.ndarray, K: np.ndarray,
     model, on = preset_.depth, preset_.effects
     ideal = np.asarray(depth, dtype=np.float32)
     out = ideal.copy()
-    hidden = None
     if "shadow" in on:
         fx = float(np.asarray(K)[0, 0])
-        hidden = second_view_shadow(ideal, fx, model.baseline_m, model.second_view_band)
-    if "fattening" in on:
+        out[second_view_shadow(ideal, fx, model.baseline_m, model.second_view_band)] = 0.0
+    if "fattening" in on:  # after the shadow: the matching window reaches into it too
         out = fatten_foreground(out, model.fattening_px)
     if "noise" in on or "correlated" in on or "quantise" in on:
         valid = out > 0
@@ -387,8 +389,6 @@ def apply_depth_sensor(preset_: SensorPreset, depth: np.ndarray, K: np.ndarray,
         positive = disparity > 0
         sensed[positive] = fb / disparity[positive]
         out[valid] = sensed
-    if hidden is not None:
-        out[hidden] = 0.0
     if "dropout" in on:
         out[dropout_mask(model, ideal, albedo, gloss, normal, K, seed)] = 0.0
         lo, hi = model.range_m

@@ -429,7 +429,12 @@ def render_frame(
         kinds.append(f.kind)
 
     light_world = np.array([rng.uniform(-1, 1), rng.uniform(1, 2.5), rng.uniform(-1, 1)])
-    light = Light(R_cw @ light_world, ambient=rng.uniform(0.25, 0.5), diffuse=rng.uniform(0.5, 0.9))
+    if fixtures is None:
+        light = Light(R_cw @ light_world, ambient=rng.uniform(0.25, 0.5),
+                      diffuse=rng.uniform(0.5, 0.9))
+    else:  # rooms: more diffuse light (walls and ceiling bounce it), softer shadows
+        light = Light(R_cw @ light_world, ambient=rng.uniform(0.4, 0.6),
+                      diffuse=rng.uniform(0.35, 0.6))
     background = (_random_color(rng, (0.0, 0.3)), _random_color(rng, (0.0, 0.3)))
     antialias = preset is not None and "antialias" in preset.effects
     out = render(objects, K, cfg.height, cfg.width, light, background,
