@@ -195,9 +195,9 @@ def test_antialiasing_changes_edge_pixels_only_and_softens_them(frames_by_effect
     changed = np.any(aa["rgb"] != base["rgb"], axis=2)
     edges = np.zeros(changed.shape, dtype=bool)
     index = base["debug"]["object_index"]
-    grey = base["rgb"].astype(np.int16).sum(axis=2)
+    grey = cv2.cvtColor(base["rgb"], cv2.COLOR_RGB2GRAY).astype(np.int16)
     for axis in (0, 1):
-        d = (np.diff(index, axis=axis) != 0) | (np.abs(np.diff(grey, axis=axis)) > 24)
+        d = (np.diff(index, axis=axis) != 0) | (np.abs(np.diff(grey, axis=axis)) > 12)
         if axis == 0:
             edges[1:] |= d
             edges[:-1] |= d

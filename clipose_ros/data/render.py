@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 import trimesh
 from embreex import mesh_construction, rtcore_scene
@@ -35,6 +36,7 @@ class RenderObject:
     pattern_freq: float = 6.0
     shininess: float = 20.0
     specular: float = 0.2
+    casts_shadow: bool = True  # False: the light passes it (room walls: the lamp is inside)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class RenderOutput:
     object_pixels: list[np.ndarray]  # per object: sorted flat pixel indices where it is visible
     part: np.ndarray  # (H, W) int32 part id of the hit face, -1 where nothing
     points: np.ndarray  # (H, W, 3) float32 camera-frame hit points (0 where nothing)
-    # Filled on request (render(..., supersample > 1 or surface_info=True)):
+    # Filled on request (render(..., aa_samples > 0 or surface_info=True)):
     object_index: np.ndarray | None = None  # (H, W) int32 index into objects, -1 where nothing
     normal: np.ndarray | None = None  # (H, W, 3) float32 unit normal facing the camera
     albedo: np.ndarray | None = None  # (H, W) float32 grey albedo of the base colour
@@ -108,10 +110,13 @@ class _SceneTables:
     colors: np.ndarray  # (3, n_colours) albedo, float32
     specular: np.ndarray  # (n_objects,) float32
     shininess: np.ndarray  # (n_objects,) float32, >= 1
+    shadow_scene: rtcore_scene.EmbreeScene  # the shadow casters (the scene itself if all are)
 
 
 def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _SceneTables]:
     scene = rtcore_scene.EmbreeScene()
+    all_cast = all(obj.casts_shadow for obj in objects)
+    shadow_scene = scene if all_cast else rtcore_scene.EmbreeScene()
     normals, parts, colors = [], [], []
     for obj in objects:
         R_T = np.asarray(obj.R, dtype=np.float64).T
@@ -119,6 +124,8 @@ def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _S
         vertices += obj.t
         faces = np.asarray(obj.mesh.faces, dtype=np.int32)
         mesh_construction.TriangleMesh(scene, vertices.astype(np.float32), faces)
+        if not all_cast and obj.casts_shadow:
+            mesh_construction.TriangleMesh(shadow_scene, vertices.astype(np.float32), faces)
         normals.append(rotate_rows(np.asarray(obj.mesh.face_normals, dtype=np.float64), R_T))
         ids = obj.part_ids if obj.part_ids is not None else np.zeros(len(faces), np.int32)
         parts.append(np.asarray(ids, dtype=np.int32))
@@ -134,6 +141,7 @@ def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _S
         colors=np.ascontiguousarray(np.concatenate(colors).T, dtype=np.float32),
         specular=np.array([o.specular for o in objects], dtype=np.float32),
         shininess=np.array([max(o.shininess, 1.0) for o in objects], dtype=np.float32),
+        shadow_scene=shadow_scene,
     )
     return scene, tables
 
@@ -247,7 +255,8 @@ def _shade(
         offset = np.float32(1e-3) * flip[lit]
         for c in range(3):
             start[:, c] = pts[c][lit] + offset * normals[c][lit]
-        blocked = lit[scene.run(start, to_light[None], query="OCCLUDED") >= 0]
+        occluded = tables.shadow_scene.run(start, to_light[None], query="OCCLUDED")
+        blocked = lit[occluded >= 0]
         lambert[blocked] = 0.0
         spec[blocked] = 0.0
 
@@ -284,10 +293,10 @@ def _edge_pixels(object_map: np.ndarray, rgb: np.ndarray, colour_step: int) -> n
     """Flat indices of pixels whose object differs from a 4-neighbour's, or whose grey level
     differs from one by more than ``colour_step``: where one centre ray aliases."""
     edge = np.zeros(object_map.shape, dtype=bool)
-    grey = rgb.astype(np.int16).sum(axis=2)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16)
     for axis in (0, 1):
         d_obj = np.diff(object_map, axis=axis) != 0
-        d_col = np.abs(np.diff(grey, axis=axis)) > 3 * colour_step
+        d_col = np.abs(np.diff(grey, axis=axis)) > colour_step
         d = d_obj | d_col
         if axis == 0:
             edge[1:] |= d
@@ -305,7 +314,7 @@ def render(
     width: int,
     light: Light,
     background: tuple[np.ndarray, np.ndarray] | None = None,
-    supersample: int = 1,
+    aa_samples: int = 0,
     surface_info: bool = False,
 ) -> RenderOutput:
     """Ray-cast ``objects`` through a pinhole camera at the origin (OpenCV optical frame).
@@ -314,8 +323,8 @@ def render(
     Shading runs in float32 on the hit pixels only, as (3, n_hits) rows. ``object_pixels[i]``
     holds the sorted flat pixel indices where object ``i`` is visible.
 
-    ``supersample`` > 1 anti-aliases the colour image: pixels on object or texture edges are
-    shaded again with ``supersample`` x ``supersample`` sub-pixel rays and averaged (a real lens
+    ``aa_samples`` > 0 anti-aliases the colour image: pixels on object or texture edges are
+    shaded again with that many more sub-pixel rays and averaged with the centre (a real lens
     and sensor integrate over the pixel). Depth, masks and hit points stay those of the pixel
     centre, so the labels are unchanged. ``surface_info`` adds what a depth sensor model needs
     per pixel: the camera-facing normal, the grey albedo of the base colour (textures left out:
@@ -349,7 +358,7 @@ def render(
         part=part.reshape(height, width),
         points=(rays * depth[:, None]).reshape(height, width, 3),
     )
-    if supersample > 1 or surface_info:
+    if aa_samples > 0 or surface_info:
         object_map = np.full(n_pix, NO_HIT, dtype=np.int32)
         object_map[hit_index] = shaded.g
         out.object_index = object_map.reshape(height, width)
@@ -364,9 +373,15 @@ def render(
         out.normal = normal.reshape(height, width, 3)
         out.albedo = albedo.reshape(height, width)
         out.gloss = gloss.reshape(height, width)
-    if supersample > 1:
-        _antialias(scene, tables, objects, light, K, out, sky, supersample)
+    if aa_samples > 0:
+        _antialias(scene, tables, objects, light, K, out, sky, min(aa_samples, 4))
     return out
+
+
+# Sub-pixel sample offsets beyond the pixel centre, in the order they are used: the two
+# diagonal corners of a rotated grid first (with the centre, three samples per edge pixel),
+# then the other two.
+AA_OFFSETS = ((-0.25, -0.25), (0.25, 0.25), (0.25, -0.25), (-0.25, 0.25))
 
 
 def _antialias(
@@ -377,18 +392,18 @@ def _antialias(
     K: np.ndarray,
     out: RenderOutput,
     sky: np.ndarray,
-    n: int,
+    n_extra: int,
 ) -> None:
-    """Replace the colour of edge pixels by the mean of n x n sub-pixel samples, in place."""
+    """Replace the colour of edge pixels by the mean of the centre sample and ``n_extra``
+    sub-pixel samples (:data:`AA_OFFSETS`), in place."""
     height, width = out.depth.shape
-    edges = _edge_pixels(out.object_index, out.rgb, colour_step=8)
+    edges = _edge_pixels(out.object_index, out.rgb, colour_step=12)
     if not len(edges):
         return
     rows, cols = np.divmod(edges, width)
-    offsets = (np.arange(n) + 0.5) / n - 0.5
-    du, dv = np.meshgrid(offsets, offsets)
-    u = (cols[:, None] + du.ravel()[None]).ravel()
-    v = (rows[:, None] + dv.ravel()[None]).ravel()
+    offsets = np.array(AA_OFFSETS[:n_extra])
+    u = (cols[:, None] + offsets[None, :, 0]).ravel()
+    v = (rows[:, None] + offsets[None, :, 1]).ravel()
     K = np.asarray(K, dtype=np.float64)
     dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)])
     view = -dirs / np.linalg.norm(dirs, axis=0, keepdims=True)
@@ -406,8 +421,10 @@ def _antialias(
     samples = samples.astype(np.float32)
     for c in range(3):
         samples[shaded.hit_index, c] = _hit_colours(tables, shaded, c)
-    mean = samples.reshape(len(edges), n * n, 3).mean(axis=1) - 0.5
-    out.rgb.reshape(-1, 3)[edges] = np.clip(np.round(mean), 0, 255).astype(np.uint8)
+    flat = out.rgb.reshape(-1, 3)
+    total = samples.reshape(len(edges), n_extra, 3).sum(axis=1) - np.float32(0.5 * n_extra)
+    total += flat[edges]  # the centre sample, already rounded
+    flat[edges] = np.clip(np.round(total / np.float32(n_extra + 1)), 0, 255).astype(np.uint8)
 
 
 @lru_cache(maxsize=1)

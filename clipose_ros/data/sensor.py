@@ -93,7 +93,7 @@ class DepthSensorModel:
 class ColourCameraModel:
     """Colour camera: optics, sensor noise and the ISP's gains."""
 
-    supersample: int  # sub-pixel rays per axis on edge pixels
+    aa_samples: int  # sub-pixel rays per edge pixel besides the centre ray (0-4)
     blur_sigma_px: float
     read_noise: float  # grey levels, standard deviation
     shot_noise: float  # variance per grey level of signal (photon noise)
@@ -141,7 +141,7 @@ STRUCTURED_LIGHT = SensorPreset(
         fattening_px=2, second_view_band=False, offset_px=(1.0, 4.0), range_m=(0.3, 4.0),
     ),
     colour=ColourCameraModel(
-        supersample=2, blur_sigma_px=0.6, read_noise=2.5, shot_noise=0.08,
+        aa_samples=2, blur_sigma_px=0.6, read_noise=2.5, shot_noise=0.08,
         white_balance=0.06, exposure_stops=0.35, saturation=(0.5, 0.85),
     ),
     source="fitted to a REAL275 test frame (issue 11 table); PrimeSense 1/8 px disparity",
@@ -170,7 +170,7 @@ ACTIVE_STEREO = SensorPreset(
         fattening_px=2, second_view_band=True, offset_px=(0.5, 2.0), range_m=(0.2, 6.0),
     ),
     colour=ColourCameraModel(
-        supersample=2, blur_sigma_px=0.7, read_noise=2.0, shot_noise=0.05,
+        aa_samples=2, blur_sigma_px=0.7, read_noise=2.0, shot_noise=0.05,
         white_balance=0.06, exposure_stops=0.35, saturation=(0.6, 0.95),
     ),
     source="Intel D400 datasheet 337029; Intel white papers on tuning and subpixel linearity",

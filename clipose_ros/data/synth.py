@@ -297,6 +297,21 @@ def _table_style(rng: np.random.Generator) -> tuple[str, dict]:
                       specular=float(rng.uniform(0.0, 0.2)), shininess=10.0)
 
 
+def _panel(width: float, height: float, tile: float = 0.25) -> trimesh.Trimesh:
+    """A flat rectangle in the x-y plane centred at the origin, split into ~``tile``-sized
+    squares: compact triangles keep the ray-casting hierarchy tight (long slivers slow it)."""
+    nx, ny = max(1, round(width / tile)), max(1, round(height / tile))
+    xs = np.linspace(-width / 2, width / 2, nx + 1)
+    ys = np.linspace(-height / 2, height / 2, ny + 1)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    vertices = np.column_stack([grid, np.zeros(len(grid))])
+    idx = np.arange((nx + 1) * (ny + 1)).reshape(nx + 1, ny + 1)
+    a, b = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel()
+    c, d = idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return trimesh.Trimesh(vertices, faces, process=False)
+
+
 def _room_fixtures(rng: np.random.Generator, footprints: list) -> list[Fixture]:
     """Table with edges, floor, four walls around it, marker boards and boxes on the table.
 
@@ -310,24 +325,26 @@ def _room_fixtures(rng: np.random.Generator, footprints: list) -> list[Fixture]:
                         np.eye(3), np.array([0.0, -0.015, 0.0]), style)]
     floor_y = -FLOOR_BELOW_TABLE_M
     fixtures.append(Fixture(
-        "floor", trimesh.creation.box([8.0, 0.02, 8.0]), np.eye(3),
-        np.array([0.0, floor_y - 0.01, 0.0]),
+        "floor", _panel(3.0, 3.0), rotation_about_axis(np.array([1.0, 0.0, 0.0]), np.pi / 2),
+        np.array([0.0, floor_y, 0.0]),
         dict(colors=_grey_color(rng, (0.2, 0.6), 0.3)[None], pattern="plain",
-             specular=float(rng.uniform(0.0, 0.3)), shininess=20.0)))
+             specular=float(rng.uniform(0.0, 0.3)), shininess=20.0, casts_shadow=False)))
     wall_color = _grey_color(rng, (0.6, 0.95), 0.12)
     height = 2.5
     for axis in (0, 2):
         for sign in (-1.0, 1.0):
             offset = half[0 if axis == 0 else 1] + rng.uniform(0.0, 0.25)
-            size = [0.02, height, 8.0] if axis == 0 else [8.0, height, 0.02]
+            # The panel's normal (z) along the wall's axis: about y by 90 degrees for x walls.
+            R = rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.pi / 2 if axis == 0 else 0.0)
             t = np.zeros(3)
             t[axis] = sign * offset
             t[1] = floor_y + height / 2
             normal = np.zeros(3)
             normal[axis] = -sign  # pointing into the room
             fixtures.append(Fixture(
-                "wall", trimesh.creation.box(size), np.eye(3), t,
-                dict(colors=wall_color[None], pattern="plain", specular=0.02, shininess=5.0),
+                "wall", _panel(3.0, height), R, t,
+                dict(colors=wall_color[None], pattern="plain", specular=0.02, shininess=5.0,
+                     casts_shadow=False),
                 wall_plane=(normal, offset)))
     for _ in range(int(rng.integers(0, 3))):  # flat marker / calibration boards
         side = rng.uniform(0.12, 0.3, size=2)
@@ -438,7 +455,7 @@ def render_frame(
     background = (_random_color(rng, (0.0, 0.3)), _random_color(rng, (0.0, 0.3)))
     antialias = preset is not None and "antialias" in preset.effects
     out = render(objects, K, cfg.height, cfg.width, light, background,
-                 supersample=preset.colour.supersample if antialias else 1,
+                 aa_samples=preset.colour.aa_samples if antialias else 0,
                  surface_info=preset is not None or debug)
 
     width = cfg.width
