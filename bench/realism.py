@@ -19,7 +19,7 @@ Definitions (the same for every preset):
 - plane residual: table pixels (5 px or more inside the table's outline) with written depth
   whose ideal depth is 0.8-1.0 m, back-projected and fitted with a least-squares plane per frame
   (>= 2000 pixels; refitted once without points beyond 3.5 robust sigmas); std of the
-  point-plane distances; autocorrelation: Pearson correlation of horizontally adjacent
+  residuals in depth (measured z minus the plane's z on the same pixel ray); autocorrelation: Pearson correlation of horizontally adjacent
   residuals. Medians over frames.
 - depth steps: the median gap between the distinct written depth values (mm) of surface pixels
   whose ideal and written depths are within 5 cm of 0.8 m and of 1.35 m (pooled over frames).
@@ -109,11 +109,13 @@ def _plane_stats(depth: np.ndarray, K: np.ndarray, pixels: np.ndarray):
         return None
     z = depth[rows, cols].astype(np.float64)
     pts = np.stack([(cols - K[0, 2]) / K[0, 0] * z, (rows - K[1, 2]) / K[1, 1] * z, z], 1)
+    rays = pts / z[:, None]
     keep = np.ones(len(pts), dtype=bool)
     for _ in range(2):  # least squares, then again without the > 3.5 sigma (MAD) outliers
         centre = pts[keep].mean(0)
         normal = np.linalg.svd(pts[keep] - centre, full_matrices=False)[2][2]
-        dist = (pts - centre) @ normal
+        # In depth: the measured z minus the plane's z along the same pixel ray.
+        dist = z - (centre @ normal) / (rays @ normal)
         mad = np.median(np.abs(dist[keep] - np.median(dist[keep])))
         keep = np.abs(dist - np.median(dist[keep])) <= 3.5 * 1.4826 * max(mad, 1e-6)
     residual = np.full(depth.shape, np.nan)

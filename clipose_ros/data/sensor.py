@@ -82,7 +82,8 @@ class DepthSensorModel:
     ir_floor: float
     patch_px: float  # size of the dropout patches
     patch_share: float  # variance share of the smooth field in the patch field (rest: per pixel)
-    edge_dropout: float  # probability of a hole on the pixels beside a depth edge
+    edge_dropout: float  # probability that a hole starts at a pixel beside a depth edge
+    edge_hole_px: int  # such holes run this many pixels along the row (pattern lost there)
     fattening_px: int
     second_view_band: bool  # stereo: no depth where only one imager sees
     offset_px: tuple[float, float]  # depth-colour registration error, magnitude range
@@ -134,10 +135,10 @@ STRUCTURED_LIGHT = SensorPreset(
     name="structured-light",
     depth=DepthSensorModel(
         focal_px=591.0, baseline_m=0.065, disparity_step_px=1 / 8,
-        pixel_noise_px=0.07, correlated_noise_px=0.16, correlated_cell_px=3.0,
+        pixel_noise_px=0.065, correlated_noise_px=0.14, correlated_cell_px=3.0,
         bias_field_px=0.08, band_offset_px=0.04, max_bands=4,
         dropout_threshold=0.027, dropout_width=0.7, angle_exponent=1.0, gloss_exponent=6.0,
-        ir_floor=0.1, patch_px=6.0, patch_share=0.8, edge_dropout=0.2,
+        ir_floor=0.1, patch_px=6.0, patch_share=0.8, edge_dropout=0.15, edge_hole_px=5,
         fattening_px=2, second_view_band=False, offset_px=(1.0, 4.0), range_m=(0.3, 4.0),
     ),
     colour=ColourCameraModel(
@@ -166,7 +167,7 @@ ACTIVE_STEREO = SensorPreset(
         pixel_noise_px=0.05, correlated_noise_px=0.06, correlated_cell_px=4.0,
         bias_field_px=0.04, band_offset_px=0.0, max_bands=0,
         dropout_threshold=0.016, dropout_width=0.7, angle_exponent=1.0, gloss_exponent=6.0,
-        ir_floor=0.1, patch_px=8.0, patch_share=0.8, edge_dropout=0.15,
+        ir_floor=0.1, patch_px=8.0, patch_share=0.8, edge_dropout=0.06, edge_hole_px=4,
         fattening_px=2, second_view_band=True, offset_px=(0.5, 2.0), range_m=(0.2, 6.0),
     ),
     colour=ColourCameraModel(
@@ -336,7 +337,9 @@ def dropout_mask(model: DepthSensorModel, depth: np.ndarray, albedo: np.ndarray,
     holes = (u < p) & (depth > 0)
     if model.edge_dropout > 0:
         edge = depth_edges(depth)
-        holes |= edge & (rng.random(depth.shape, dtype=np.float32) < model.edge_dropout)
+        seeds = edge & (rng.random(depth.shape, dtype=np.float32) < model.edge_dropout)
+        run = np.ones((1, max(1, model.edge_hole_px)), np.uint8)
+        holes |= cv2.dilate(seeds.astype(np.uint8), run).astype(bool) & (depth > 0)
     return holes
 
 
