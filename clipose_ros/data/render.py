@@ -37,6 +37,7 @@ class RenderObject:
     shininess: float = 20.0
     specular: float = 0.2
     casts_shadow: bool = True  # False: the light passes it (room walls: the lamp is inside)
+    receives_shadow: bool = True  # False: no shadow rays from it (saves them where none fall)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class _SceneTables:
     specular: np.ndarray  # (n_objects,) float32
     shininess: np.ndarray  # (n_objects,) float32, >= 1
     shadow_scene: rtcore_scene.EmbreeScene  # the shadow casters (the scene itself if all are)
+    receives_shadow: np.ndarray | None  # (n_objects,) bool; None when all do
 
 
 def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _SceneTables]:
@@ -142,6 +144,8 @@ def _scene_of(objects: list[RenderObject]) -> tuple[rtcore_scene.EmbreeScene, _S
         specular=np.array([o.specular for o in objects], dtype=np.float32),
         shininess=np.array([max(o.shininess, 1.0) for o in objects], dtype=np.float32),
         shadow_scene=shadow_scene,
+        receives_shadow=None if all(o.receives_shadow for o in objects) else np.array(
+            [o.receives_shadow for o in objects], dtype=bool),
     )
     return scene, tables
 
@@ -251,6 +255,8 @@ def _shade(
 
     if light.shadows and len(hit_index):
         lit = np.flatnonzero(lambert > 0)
+        if tables.receives_shadow is not None:
+            lit = lit[np.take(tables.receives_shadow, g[lit])]
         start = np.empty((len(lit), 3), dtype=np.float32)
         offset = np.float32(1e-3) * flip[lit]
         for c in range(3):

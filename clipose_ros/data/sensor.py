@@ -286,6 +286,13 @@ def disparity_noise(model: DepthSensorModel, shape: tuple[int, int], white: bool
 def dropout_probability(model: DepthSensorModel, albedo: np.ndarray, gloss: np.ndarray,
                         cos_incidence: np.ndarray) -> np.ndarray:
     """P(no depth) per pixel from the return signal (see :class:`DepthSensorModel`)."""
+    score = dropout_score(model, albedo, gloss, cos_incidence)
+    return 0.5 * (1 + _erf(score / np.float32(math.sqrt(2))))
+
+
+def dropout_score(model: DepthSensorModel, albedo: np.ndarray, gloss: np.ndarray,
+                  cos_incidence: np.ndarray) -> np.ndarray:
+    """The probit score of the dropout: P(no depth) = Phi(score)."""
     cos_i = np.clip(cos_incidence, 1e-3, 1.0).astype(np.float32)
     albedo_ir = np.float32(model.ir_floor) + np.float32(1 - model.ir_floor) * albedo
     gloss = np.clip(gloss, 0.0, 1.0).astype(np.float32)
@@ -293,7 +300,7 @@ def dropout_probability(model: DepthSensorModel, albedo: np.ndarray, gloss: np.n
     signal *= 1 - gloss + gloss * cos_i ** np.float32(model.gloss_exponent)
     score = (np.float32(math.log(model.dropout_threshold)) - np.log(np.maximum(signal, 1e-6)))
     score /= np.float32(model.dropout_width)
-    return 0.5 * (1 + _erf(score / np.float32(math.sqrt(2))))
+    return score
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -328,13 +335,13 @@ def dropout_mask(model: DepthSensorModel, depth: np.ndarray, albedo: np.ndarray,
     """Pixels (bool) that lose their depth: material/angle dropout in connected patches, and
     holes beside depth edges."""
     rng = effect_rng(seed, "dropout")
-    p = dropout_probability(model, albedo, gloss, cos_incidence(normal, K))
-    # Invalid where a unit Gaussian field falls below Phi^-1(p): marginally P = p, in patches.
+    score = dropout_score(model, albedo, gloss, cos_incidence(normal, K))
+    # Invalid where a unit Gaussian field falls below the score, Phi^-1(p): marginally with
+    # probability p, in patches.
     share = np.float32(model.patch_share)
     field = smooth_field(rng, depth.shape, model.patch_px) * np.sqrt(share)
     field += fast_normal(rng, depth.shape) * np.sqrt(np.float32(1) - share)
-    u = 0.5 * (1 + _erf(field / np.float32(math.sqrt(2))))
-    holes = (u < p) & (depth > 0)
+    holes = (field < score) & (depth > 0)
     if model.edge_dropout > 0:
         edge = depth_edges(depth)
         seeds = edge & (rng.random(depth.shape, dtype=np.float32) < model.edge_dropout)

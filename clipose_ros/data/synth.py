@@ -344,7 +344,7 @@ def _room_fixtures(rng: np.random.Generator, footprints: list) -> list[Fixture]:
             fixtures.append(Fixture(
                 "wall", _panel(3.0, height), R, t,
                 dict(colors=wall_color[None], pattern="plain", specular=0.02, shininess=5.0,
-                     casts_shadow=False),
+                     casts_shadow=False, receives_shadow=False),
                 wall_plane=(normal, offset)))
     for _ in range(int(rng.integers(0, 3))):  # flat marker / calibration boards
         side = rng.uniform(0.12, 0.3, size=2)
