@@ -30,7 +30,7 @@ demo: setup
 DEMO_OUT ?= out/demo
 demo-eval: setup
 	$(VENV)/bin/clipose-synth --out $(DEMO_OUT)/data --split test --scenes 12 \
-		--frames-per-scene 2 --seed 0
+		--frames-per-scene 2 --seed 0 --clean
 	$(VENV)/bin/clipose-eval --data $(DEMO_OUT)/data/test --out $(DEMO_OUT)/eval
 	@echo "demo: frames in $(DEMO_OUT)/data/test, metrics and AP curves in $(DEMO_OUT)/eval"
 

@@ -19,8 +19,8 @@ Definitions (the same for every preset):
 - plane residual: table pixels (5 px or more inside the table's outline) with written depth
   whose ideal depth is 0.8-1.0 m, back-projected and fitted with a least-squares plane per frame
   (>= 2000 pixels; refitted once without points beyond 3.5 robust sigmas); std of the
-  residuals in depth (measured z minus the plane's z on the same pixel ray); autocorrelation: Pearson correlation of horizontally adjacent
-  residuals. Medians over frames.
+  residuals in depth (measured z minus the plane's z on the same pixel ray); autocorrelation:
+  Pearson correlation of horizontally adjacent residuals. Medians over frames.
 - depth steps: the median gap between the distinct written depth values (mm) of surface pixels
   whose ideal and written depths are within 5 cm of 0.8 m and of 1.35 m (pooled over frames).
 - depth vs colour outline: per object row (column) that borders a background at least 5 cm

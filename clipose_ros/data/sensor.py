@@ -126,11 +126,12 @@ class SensorPreset:
 # The REAL275 camera: a structured-light (PrimeSense-type) sensor. The disparity step and
 # baseline are fitted to the depth steps measured on a REAL275 test frame (issue 11): steps of
 # about 3.25 mm * z**2 (2 mm at 0.8 m, 6 mm at 1.35 m); PrimeSense sensors match disparity to
-# 1/8 pixel, and 1/8 px / (591 px * 0.065 m) = 3.25 mm at 1 m. Noise was set so that a table
-# plane at 0.8-1.0 m shows ~3.5 mm residual std with neighbouring residuals correlated
-# ~0.6-0.7 (both measured on the real frame); dropout so that dark surfaces lose most depth
-# (93 % below grey level 30, 2 % above 100), a glossy black table 22 % -> 62 % from 45 to 65
-# degrees of incidence, and matte bright boards almost none (all measured on the real frame).
+# 1/8 pixel, and 1/8 px / (591 px * 0.065 m) = 3.25 mm at 1 m (65 mm is thus an effective
+# baseline; the physical one is ~75 mm). Noise was set so that a table plane at 0.8-1.0 m shows
+# ~3.5 mm residual std with neighbouring residuals correlated ~0.6-0.7; the dropout so that a
+# glossy black table loses 22 % -> 62 % of its depth from 45 to 65 degrees of incidence while
+# bright matte boards lose almost none (all measured on the real frame; bench/realism.py shows
+# where every row lands).
 STRUCTURED_LIGHT = SensorPreset(
     name="structured-light",
     depth=DepthSensorModel(
@@ -153,12 +154,13 @@ STRUCTURED_LIGHT = SensorPreset(
 # document 337029), so a focal length of 424 / tan(43.5 deg) = 447 px. Intel's tuning white
 # paper (dev.intelrealsense.com/docs/tuning-depth-cameras-for-best-performance) gives the depth
 # RMS error as z**2 * subpixel / (focal * baseline) with a subpixel RMS of about 0.08 px on a
-# well-textured target, i.e. 0.9 % of the distance at 1 m and 1.8 % at 2 m, consistent with
-# the datasheet's "< 2 % at 2 m". The disparity is resolved to 1/32 px (5 subpixel bits, Intel's
-# subpixel-linearity white paper). Stereo loses the band of the image only the left imager
-# sees (Intel's datasheet: "invalid depth band", as wide as the disparity) and depth beside
-# occluding edges; depth is registered to colour by the factory calibration, so the offset is
-# smaller than the structured-light preset's. The dropout of dark and glossy surfaces is
+# well-textured target, i.e. 3.6 mm at 1 m and 14 mm (0.7 %) at 2 m, within the datasheet's
+# "< 2 % at 2 m"; the white and correlated terms below add up to that 0.08 px. The disparity
+# is resolved to 1/32 px (5 subpixel bits, Intel's subpixel-linearity white paper). Stereo
+# loses the band of the image only the left imager sees (Intel's datasheet: "invalid depth
+# band", as wide as the disparity) and depth beside occluding edges; depth is registered to
+# colour by the factory calibration, so the offset is smaller than the structured-light
+# preset's. The dropout of dark and glossy surfaces is
 # weaker: the stereo matcher also uses ambient texture, not only the projector.
 ACTIVE_STEREO = SensorPreset(
     name="active-stereo",
