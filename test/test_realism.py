@@ -17,11 +17,13 @@ from clipose_ros.data import sensor
 from clipose_ros.data.synth import SynthConfig, build_scene, generate, main, render_frame
 
 # Digest of the frames the generator wrote before the realism presets existed (commit 4987c0f,
-# `generate(out, "test", 3, 1, seed=7, workers=0, cfg=SynthConfig(max_objects=3))`): colour,
+# `generate(out, "test", 3, 1, seed=7, workers=0, cfg=SynthConfig(max_objects=3))`, and the
+# same with `depth_noise=False`): colour,
 # depth, mask and coordinate images as read back, and the labels' R, t, s. `--clean` must keep
 # writing exactly these frames. (Recorded on the project's x86-64 Linux machine; Embree and
 # numpy's float32 maths are deterministic there.)
 ORIGINAL_FRAMES_SHA256 = "18d86617b4bc796191cdf6a3e131bb0a216219db21e5e4bd323ffa868c3b390c"
+ORIGINAL_EXACT_DEPTH_SHA256 = "545290c28c9dd0b2bab1325467ab53811e36ff62d20e5fb85772d976c6cc6682"
 SL = sensor.STRUCTURED_LIGHT
 
 
@@ -36,9 +38,12 @@ def _digest(root: Path) -> str:
 
 
 def test_clean_cli_writes_the_original_frames_bit_for_bit(tmp_path):
-    main(["--out", str(tmp_path), "--split", "test", "--scenes", "3", "--frames-per-scene", "1",
-          "--seed", "7", "--workers", "0", "--max-objects", "3", "--clean"])
+    args = ["--split", "test", "--scenes", "3", "--frames-per-scene", "1", "--seed", "7",
+            "--workers", "0", "--max-objects", "3", "--clean"]
+    main(["--out", str(tmp_path), *args])
     assert _digest(tmp_path) == ORIGINAL_FRAMES_SHA256
+    main(["--out", str(tmp_path / "exact"), *args, "--no-depth-noise"])
+    assert _digest(tmp_path / "exact") == ORIGINAL_EXACT_DEPTH_SHA256
     config = json.loads((tmp_path / "synth_config.json").read_text())
     assert config["sensor"] is None and config["scene"] == "plain"
     # The Python API default (used by the synthetic camera and test fixtures) is the clean one.
@@ -224,6 +229,18 @@ def test_colour_effects_blur_noise_and_gains():
     again = sensor.apply_colour_camera(only("colour_noise"), img, 1)
     other = sensor.apply_colour_camera(only("colour_noise"), img, 2)
     assert np.array_equal(again, noisy.astype(np.uint8)) and not np.array_equal(again, other)
+
+
+def test_preset_with_every_effect_off_gives_the_clean_exact_frame():
+    """Same scene, same view: the sensor model switched off entirely changes nothing of the
+    original generator's exact depth and labels (the first frame of a scene; later frames
+    differ as the clean frames draw their colour noise from the scene's generator)."""
+    clean = _frame(SynthConfig(depth_noise=False), 6)
+    off = _frame(SynthConfig(sensor="structured-light", sensor_off=sensor.EFFECTS), 6)
+    for key in ("depth", "mask", "coord"):
+        np.testing.assert_array_equal(off[key], clean[key])
+    np.testing.assert_array_equal(off["rgb"], off["debug"]["ideal_rgb"])
+    assert [i["model"] for i in off["instances"]] == [i["model"] for i in clean["instances"]]
 
 
 def test_realistic_frames_are_deterministic_per_seed():
