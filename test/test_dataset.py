@@ -440,3 +440,35 @@ def test_label_instance_missing_from_mask(tmp_path):
         ds[index_of(ds, 9)]
     with pytest.raises(NocsFormatError, match=r"instance id 9"):
         NocsInstanceDataset(tmp_path, prefilter_points=True)
+
+
+def test_erosion_that_leaves_only_outliers_falls_back_to_the_whole_mask(monkeypatch):
+    """Erosion is kept only when the eroded mask still gives points; an eroded mask with enough
+    valid pixels can still lose them to the outlier rejection (a training run once stopped
+    on such a sample)."""
+    from clipose_ros.data import dataset
+    from clipose_ros.points import PointsConfig
+
+    depth = np.zeros((60, 60), np.float32)
+    depth[10:50, 10:50] = 0.8  # the object: 1600 pixels at 0.8 m
+    mask = depth > 0
+    stray = np.zeros_like(mask)
+    stray[0:3, 0:10] = True  # 30 pixels far behind the object, outside its mask
+    depth[stray] = 3.0
+    eroded = stray.copy()
+    eroded[28:32, 20:30] = True  # the "eroded" mask: 40 object pixels and the 30 strays
+    monkeypatch.setattr(dataset, "erode_mask", lambda m, rng, k: eroded)
+    aug = AugmentConfig.preset(False, mask_erosion=True, erosion_prob=1.0)
+    config = PointsConfig(min_points=50)
+    assert len(dataset.valid_depth_pixels(depth, eroded)[0]) == 70  # passes the pixel check
+    alone = dataset.prepare_points_with_reason(
+        depth, eroded, CAMERA_INTRINSICS, config, np.random.default_rng(0)
+    )
+    assert alone[0] is None  # but the strays are rejected as outliers: 40 < 50 points
+    out = dataset.prepare_instance(
+        depth, mask, CAMERA_INTRINSICS, np.eye(3), np.array([0, 0, 0.8]), 0.2,
+        np.ones(3), "can", aug, config, np.random.default_rng(0),
+    )  # fmt: skip
+    assert out is not None
+    points, *_, count = out
+    assert count == 1600 and np.allclose(points[:, 2], 0.8, atol=1e-6)

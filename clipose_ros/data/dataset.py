@@ -145,11 +145,16 @@ def prepare_instance(
     has too few points. The random mask erosion runs before ``prepare_points``, the scale,
     pose and jitter augmentations after it, in that order (each with its own probability).
     """
+    used = mask
     if aug.mask_erosion and rng.random() < aug.erosion_prob:
         eroded = erode_mask(mask, rng, aug.erosion_max_kernel)
         if len(valid_depth_pixels(depth, eroded)[0]) >= points_config.min_points:
-            mask = eroded  # never let erosion make a sample unusable
-    points, count, _ = prepare_points_with_reason(depth, mask, K, points_config, rng)
+            used = eroded
+    points, count, _ = prepare_points_with_reason(depth, used, K, points_config, rng)
+    if points is None and used is not mask:
+        # never let erosion make a sample unusable: the outlier rejection can still drop an
+        # eroded mask below min_points (seen once in 20 000 samples); the whole mask then
+        points, count, _ = prepare_points_with_reason(depth, mask, K, points_config, rng)
     if points is None:
         return None
     points = points.astype(np.float64)
