@@ -64,9 +64,15 @@ def prepare_setting(
 ) -> tuple[Path, Path, Path]:
     """Split (and subsample) once; build the shared cache; returns (train, val, cache)."""
     split = out / f"{name}_data"
-    train, val = holdout_split(data, split, float(base["data"]["val_fraction"]), seed)
-    if fraction < 1.0:
-        train = scarce_subset(train, split / "subset", fraction, seed)
+    done = split / "split.json"  # a re-run (e.g. of other arms) reuses it: runs may read it
+    if done.is_file():
+        paths = json.loads(done.read_text())
+        train, val = Path(paths["train"]), Path(paths["val"])
+    else:
+        train, val = holdout_split(data, split, float(base["data"]["val_fraction"]), seed)
+        if fraction < 1.0:
+            train = scarce_subset(train, split / "subset", fraction, seed)
+        done.write_text(json.dumps({"train": str(train), "val": str(val), "data": str(data)}))
     cache = out / f"{name}_cache"
     points = PointsConfig(**base["points"])
     ensure_cache(train, cache, points, rgb_crop_size=crop, intrinsics=base["data"]["intrinsics"])
@@ -171,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal_and_file(args.out, "ablation.log")
     base = load_config(args.config, args.set)
     seed = int(base["train"]["seed"])
-    crop = load_clip(base["clip"]["model"], base["clip"]["pretrained"]).image_size
+    # the teacher's input size (the architecture's, no weights needed): one cache for all arms
+    crop = load_clip(base["clip"]["model"], None, warn_random=False).image_size
     jobs = []
     for setting in args.settings.split(","):
         fraction = 1.0 if setting == "full" else args.fraction
