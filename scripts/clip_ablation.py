@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,7 @@ def summarise(job: dict) -> dict:
     row = {
         "setting": job["setting"],
         "arm": job["arm"],
+        "seed": job["seed"],
         "epochs": len(rows),
         "s_per_epoch": sum(float(r["epoch_s"]) for r in rows) / max(len(rows), 1),
         "peak_rss_mib": max(float(r["peak_rss_mib"]) for r in rows),
@@ -118,19 +120,38 @@ def summarise(job: dict) -> dict:
     return row
 
 
+def finished_runs(out: Path, jobs: list[dict], seed: int) -> list[dict]:
+    """Every finished run of this command's settings and arms, other seeds' runs included."""
+    found = []
+    for job in jobs:
+        base = job["run"].name.split("_seed")[0]
+        for run in sorted(out.glob(f"{base}*")):
+            tail = run.name[len(base) :]
+            if (tail == "" or re.fullmatch(r"_seed\d+", tail)) and (
+                run / "eval" / "metrics.json"
+            ).is_file():
+                run_seed = int(tail[len("_seed") :]) if tail else seed
+                found.append({**job, "run": run, "seed": run_seed})
+    unique = {str(j["run"]): j for j in found}
+    order = {a: i for i, a in enumerate(ARMS)}
+    return sorted(
+        unique.values(), key=lambda j: (j["setting"] != "full", order[j["arm"]], j["seed"])
+    )
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        "| setting | arm | epochs | IoU50 | IoU75 | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
+        "| setting | arm | seed | epochs | IoU50 | IoU75 | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
         "| IoU50 (NOCS boxes) | s/epoch | peak MiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         vals = " | ".join(f"{r[k]:.1f}" for k in METRICS)
         lines.append(
             f"| {r['setting']} ({r['train_instances']} inst.) | {ARM_NAMES[r['arm']]} "
-            f"| {r['epochs']} | {vals} | {r['IoU50_nocs']:.1f} | {r['s_per_epoch']:.0f} "
-            f"| {r['peak_rss_mib']:.0f} |"
+            f"| {r['seed']} | {r['epochs']} | {vals} | {r['IoU50_nocs']:.1f} "
+            f"| {r['s_per_epoch']:.0f} | {r['peak_rss_mib']:.0f} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -147,8 +168,13 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, setting in zip(axes[0], settings, strict=True):
         sub = [r for r in rows if r["setting"] == setting]
         x = np.arange(len(METRICS))
-        for i, r in enumerate(sub):
-            ax.bar(x + (i - 1) * 0.27, [r[k] for k in METRICS], 0.27, label=ARM_NAMES[r["arm"]])
+        arms = list(dict.fromkeys(r["arm"] for r in sub))
+        for i, arm in enumerate(arms):  # mean over seeds; the bars span min..max
+            vals = np.array([[r[k] for k in METRICS] for r in sub if r["arm"] == arm])
+            mean = vals.mean(0)
+            err = np.stack([mean - vals.min(0), vals.max(0) - mean])
+            label = f"{ARM_NAMES[arm]} ({len(vals)} seed{'s' if len(vals) > 1 else ''})"
+            ax.bar(x + (i - 1) * 0.27, mean, 0.27, yerr=err, capsize=2, label=label)
         ax.set_xticks(x, METRICS)
         ax.set_ylabel("test mAP (%)")
         ax.set_title(f"{setting} training set ({sub[0]['train_instances']} instances)")
@@ -172,6 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--set", action="append", default=[], help="extra clipose-train overrides")
+    p.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="another training seed on the same split and cache (runs named <run>_seed<N>): "
+        "the spread between seeds tells which differences between arms are noise",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log_to_terminal_and_file(args.out, "ablation.log")
@@ -180,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     # the teacher's input size (the architecture's, no weights needed): one cache for all arms
     crop = load_clip(base["clip"]["model"], None, warn_random=False).image_size
     jobs = []
+    suffix = f"_seed{args.train_seed}" if args.train_seed is not None else ""
     for setting in args.settings.split(","):
         fraction = 1.0 if setting == "full" else args.fraction
         epochs = args.epochs_full if setting == "full" else args.epochs_scarce
@@ -193,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"data.rgb_crop_size={crop}",
                 f"train.threads={args.threads}",
                 f"train.val_every={epochs + 1}",  # validate after the last epoch only
+                *([f"train.seed={args.train_seed}"] if args.train_seed is not None else []),
                 *args.set,
                 *ARMS[arm],
             ]
@@ -203,9 +238,10 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "setting": setting,
                     "arm": arm,
-                    "run": args.out / f"{setting}_{arm}",
+                    "run": args.out / f"{setting}_{arm}{suffix}",
                     "train_args": train_args,
                     "instances": instances,
+                    "seed": args.train_seed if args.train_seed is not None else seed,
                 }
             )
     todo = [j for j in jobs if not (j["run"] / "eval" / "metrics.json").is_file()]
@@ -232,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
                 running.append((job, rest[1:], run_command(rest[0], job["run"] / f"step_{n}.log")))
             else:
                 log.info("%s done (%.0f min so far)", job["run"].name, (time.monotonic() - t0) / 60)
-    rows = [summarise(j) for j in jobs if (j["run"] / "eval" / "metrics.json").is_file()]
+    rows = [summarise(j) for j in finished_runs(args.out, jobs, seed)]
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
     (args.out / "ablation.md").write_text(table(rows))
     plot(rows, args.out / "ablation.png")
