@@ -298,19 +298,23 @@ def _hit_colours(tables: _SceneTables, shaded: _Shaded, c: int) -> np.ndarray:
 def _edge_pixels(object_map: np.ndarray, rgb: np.ndarray, colour_step: int) -> np.ndarray:
     """Flat indices of pixels whose object differs from a 4-neighbour's, or whose grey level
     differs from one by more than ``colour_step``: where one centre ray aliases."""
-    edge = np.zeros(object_map.shape, dtype=bool)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.int16)
-    for axis in (0, 1):
-        d_obj = np.diff(object_map, axis=axis) != 0
-        d_col = np.abs(np.diff(grey, axis=axis)) > colour_step
-        d = d_obj | d_col
-        if axis == 0:
-            edge[1:] |= d
-            edge[:-1] |= d
-        else:
-            edge[:, 1:] |= d
-            edge[:, :-1] |= d
-    return np.flatnonzero(edge)
+    changed = [
+        (np.diff(object_map, axis=a) != 0) | (np.abs(np.diff(grey, axis=a)) > colour_step)
+        for a in (0, 1)
+    ]
+    return np.flatnonzero(both_sides(changed[0], changed[1]))
+
+
+def both_sides(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Pixels (bool) on either side of a pair that differs: ``rows`` and ``cols`` are the
+    ``np.diff(..., axis=0 / 1)``-shaped masks of differing neighbour pairs."""
+    edge = np.zeros((rows.shape[0] + 1, rows.shape[1]), dtype=bool)
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
+    return edge
 
 
 def render(

@@ -46,7 +46,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from clipose_ros.data.render import fast_normal
+from clipose_ros.data.render import both_sides, fast_normal
 
 DEPTH_EFFECTS = ("shadow", "fattening", "noise", "correlated", "quantise", "dropout", "offset")
 COLOUR_EFFECTS = ("antialias", "blur", "white_balance", "exposure", "colour_noise", "saturation")
@@ -200,16 +200,7 @@ def effect_rng(seed: int, effect: str) -> np.random.Generator:
 
 def depth_edges(depth: np.ndarray, jump: float = EDGE_JUMP_M) -> np.ndarray:
     """Pixels (bool) beside a depth discontinuity: a 4-neighbour more than ``jump`` away."""
-    edge = np.zeros(depth.shape, dtype=bool)
-    for axis in (0, 1):
-        d = np.abs(np.diff(depth, axis=axis)) > jump
-        if axis == 0:
-            edge[1:] |= d
-            edge[:-1] |= d
-        else:
-            edge[:, 1:] |= d
-            edge[:, :-1] |= d
-    return edge
+    return both_sides(*(np.abs(np.diff(depth, axis=a)) > jump for a in (0, 1)))
 
 
 def second_view_shadow(depth: np.ndarray, fx: float, baseline_m: float,
