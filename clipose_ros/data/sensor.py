@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from clipose_ros.data.render import both_sides, fast_normal
+from clipose_ros.geometry import pixel_rays
 
 DEPTH_EFFECTS = ("shadow", "fattening", "noise", "correlated", "quantise", "dropout", "offset")
 COLOUR_EFFECTS = ("antialias", "blur", "white_balance", "exposure", "colour_noise", "saturation")
@@ -308,9 +309,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _view_directions(K_key: tuple, h: int, w: int) -> np.ndarray:
-    K = np.array(K_key).reshape(3, 3)
-    u, v = np.meshgrid(np.arange(w), np.arange(h))
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
+    rays = pixel_rays(np.array(K_key).reshape(3, 3), h, w)
     out = (rays / np.linalg.norm(rays, axis=-1, keepdims=True)).astype(np.float32)
     out.flags.writeable = False
     return out
