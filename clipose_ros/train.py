@@ -408,8 +408,6 @@ def train(
     if world > 1:
         dist.barrier()
     dataset = CachedInstances(cache_dir, augment=augment, seed=seed)
-    if branch is not None and branch.needs_images and dataset.rgb is None:
-        raise ConfigError(f"the CLIP branch needs RGB crops; cache {cache_dir} holds none")
     batch = int(tc["batch_size"])
     if len(dataset) < batch * world:
         raise ConfigError(f"{len(dataset)} training instances < one batch ({batch} x {world})")
