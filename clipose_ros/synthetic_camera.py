@@ -123,14 +123,17 @@ def load_frames(
 def render_scenes(
     out: Path, scenes: int, frames_per_scene: int = 1, seed: int = 0, min_objects: int = 3,
     max_objects: int = 5, depth_noise: bool = True, distractors: bool = True,
+    sensor: str | None = None,
 ) -> Path:
     """Render test-split scenes with the project's generator into ``out``; returns the folder
-    of frames (``out/test``)."""
+    of frames (``out/test``). ``sensor``: a realism preset (room scene, sensor artefacts, as
+    ``clipose-synth --preset``), or None for the ideal frames on a plain table."""
     from clipose_ros.data.synth import SynthConfig, generate
 
     cfg = SynthConfig(
         min_objects=min_objects, max_objects=max_objects, depth_noise=depth_noise,
         max_distractors=SynthConfig.max_distractors if distractors else 0,
+        sensor=sensor, scene="plain" if sensor is None else "room",
     )
     generate(out, "test", scenes, frames_per_scene, seed=seed, workers=0, cfg=cfg,
              progress=False)
@@ -147,7 +150,12 @@ CAMERA_PARAMS: tuple[Param, ...] = (
     Param("seed", 0, "Seed of the rendered scenes", 0, 2**31 - 1, read_only=True),
     Param("min_objects", 3, "Fewest objects per rendered scene", 1, 6, read_only=True),
     Param("max_objects", 5, "Most objects per rendered scene", 1, 6, read_only=True),
-    Param("depth_noise", True, "Structured-light depth noise in rendered frames", read_only=True),
+    Param("depth_noise", True, "Depth noise in rendered frames (with a sensor: all of its "
+          "depth effects)", read_only=True),
+    Param("sensor", "none", "Sensor model of rendered frames: none (ideal frames on a plain "
+          "table) or a realism preset of clipose-synth (room scene, depth holes, offsets, "
+          "correlated noise, colour camera effects)",
+          choices=("none", "structured-light", "active-stereo"), read_only=True),
     Param("distractors", True, "Non-category clutter in rendered scenes", read_only=True),
     Param("max_frames", 0, "Replay at most this many frames (0: all)", 0, 1_000_000,
           read_only=True),
@@ -196,6 +204,7 @@ def _make_camera_class():
                 folder = render_scenes(
                     Path(self._tmp), p["scenes"], p["frames_per_scene"], p["seed"],
                     p["min_objects"], p["max_objects"], p["depth_noise"], p["distractors"],
+                    None if p["sensor"] == "none" else p["sensor"],
                 )
             try:
                 frames = load_frames(folder, p["intrinsics"], p["max_frames"] or None)

@@ -307,3 +307,19 @@ def test_bad_realism_settings_are_refused_with_the_reason(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--disable", "sparkle"])
     assert "sparkle" in capsys.readouterr().err
+
+
+def test_synthetic_camera_renders_with_a_sensor_preset(tmp_path):
+    """The synthetic camera's `sensor` parameter gives the preset's frames (room walls behind
+    the table, depth holes on surfaces), with the same exact labels as the generator writes."""
+    from clipose_ros.synthetic_camera import load_frames, render_scenes
+
+    (ideal,) = load_frames(render_scenes(tmp_path / "ideal", 1, 1, seed=4))
+    (real,) = load_frames(render_scenes(tmp_path / "real", 1, 1, seed=4,
+                                        sensor="structured-light"))
+    holes = [float((f.depth_mm[nf.read_mask(f.prefix) != 255] == 0).mean())
+             for f in (ideal, real)]  # invalid depth on the objects
+    assert holes[1] > holes[0] + 0.01, holes
+    assert real.truth and len(real.truth) == len(nf.read_label(real.prefix).instance_ids)
+    with pytest.raises(ValueError, match="unknown sensor preset 'kinect'"):
+        render_scenes(tmp_path / "bad", 1, 1, sensor="kinect")
