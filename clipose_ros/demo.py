@@ -32,6 +32,7 @@ import numpy as np
 from clipose_ros.categories import CATEGORIES
 from clipose_ros.geometry import rotation_angle_deg
 from clipose_ros.structures import ObjectPose
+from clipose_ros.synthetic_camera import SENSOR_CHOICES
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,6 +351,8 @@ def run_demo(args: argparse.Namespace) -> dict:
               "hold_s": args.hold}
     if args.source:
         camera["source"] = str(Path(args.source).resolve())
+    if args.sensor:
+        camera["sensor"] = args.sensor
     node = {"device": args.device}
     if args.pose_model:
         node["pose_model"] = args.pose_model
@@ -450,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold", type=float, default=5.0, help="seconds per scene")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", default="", help="replay this NOCS-format folder instead")
+    parser.add_argument("--sensor", default="", choices=("", *SENSOR_CHOICES),
+                        help="sensor model of the rendered scenes (none: ideal frames; "
+                             "default: config/pose.yaml's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overlays", type=int, default=4, help="overlay PNGs to write")
     parser.add_argument("--pose-model", default="", help="instead of config/pose.yaml's")

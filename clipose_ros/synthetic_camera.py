@@ -140,6 +140,9 @@ def render_scenes(
     return out / "test"
 
 
+# "none" and the presets of clipose_ros.data.sensor (not imported here: it loads the renderer).
+SENSOR_CHOICES = ("none", "active-stereo", "structured-light")
+
 CAMERA_PARAMS: tuple[Param, ...] = (
     Param("source", "", "NOCS-format folder to replay; empty: render scenes with the generator",
           read_only=True),
@@ -155,7 +158,7 @@ CAMERA_PARAMS: tuple[Param, ...] = (
     Param("sensor", "none", "Sensor model of rendered frames: none (ideal frames on a plain "
           "table) or a realism preset of clipose-synth (room scene, depth holes, offsets, "
           "correlated noise, colour camera effects)",
-          choices=("none", "structured-light", "active-stereo"), read_only=True),
+          choices=SENSOR_CHOICES, read_only=True),
     Param("distractors", True, "Non-category clutter in rendered scenes", read_only=True),
     Param("max_frames", 0, "Replay at most this many frames (0: all)", 0, 1_000_000,
           read_only=True),
