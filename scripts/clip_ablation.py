@@ -82,7 +82,8 @@ def prepare_setting(
 
 def run_command(cmd: list[str], log_file: Path) -> subprocess.Popen:
     log.info("start: %s (log %s)", " ".join(cmd), log_file)
-    return subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    with log_file.open("w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
 def train_export_eval(job: dict, test_data: Path) -> list[list[str]]:
