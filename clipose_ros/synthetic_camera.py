@@ -155,9 +155,10 @@ CAMERA_PARAMS: tuple[Param, ...] = (
     Param("max_objects", 5, "Most objects per rendered scene", 1, 6, read_only=True),
     Param("depth_noise", True, "Depth noise in rendered frames (with a sensor: all of its "
           "depth effects)", read_only=True),
-    Param("sensor", "none", "Sensor model of rendered frames: none (ideal frames on a plain "
-          "table) or a realism preset of clipose-synth (room scene, depth holes, offsets, "
-          "correlated noise, colour camera effects)",
+    Param("sensor", "structured-light", "Sensor model of rendered frames: a realism preset of "
+          "clipose-synth (room scene, depth holes, offsets, correlated noise, colour camera "
+          "effects; the shipped models are trained on structured-light), or none for ideal "
+          "frames on a plain table",
           choices=SENSOR_CHOICES, read_only=True),
     Param("distractors", True, "Non-category clutter in rendered scenes", read_only=True),
     Param("max_frames", 0, "Replay at most this many frames (0: all)", 0, 1_000_000,
