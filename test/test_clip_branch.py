@@ -5,12 +5,12 @@ prompt-tuned image path do not change what the loss sees."""
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from tiny_clip import write_tiny_clip_config
 
 from clipose_ros.model.clip_branch import (
     TERMS,
@@ -25,11 +25,6 @@ from clipose_ros.model.clip_branch import (
 from clipose_ros.model.prompts import pose_prompts
 
 TINY = "clipose_test_clip32"
-TINY_CFG = {
-    "embed_dim": 48,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 B, FEAT = 8, 40
 
 
@@ -44,8 +39,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clipcfg") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
+    path = write_tiny_clip_config(tmp_path_factory.mktemp("clipcfg"), TINY)
     torch.manual_seed(0)
     return load_clip(TINY, None, config_paths=[path], warn_random=False)
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tiny_clip import write_tiny_clip_config
 
 from clipose_ros.clip_pretrain import (
     CropSet,
@@ -25,14 +26,7 @@ from clipose_ros.model.clip_branch import ClipModelError, check_checkpoint, load
 from clipose_ros.model.prompts import CATEGORIES
 
 TINY = "clipose_test_teacher32"
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 OTHER = "clipose_test_teacher32_wide"  # same layout, other widths: a "foreign" architecture
-OTHER_CFG = json.loads(json.dumps(TINY_CFG))
-OTHER_CFG["vision_cfg"]["width"] = 96
 H, W = 96, 128
 UPRIGHT = np.diag([1.0, -1.0, -1.0])  # object y up in the image, x to the right
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 20), (20, 20, 220)
@@ -49,9 +43,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("cfg")
-    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
-    (folder / f"{OTHER}.json").write_text(json.dumps(OTHER_CFG))
-    return [folder / f"{TINY}.json", folder / f"{OTHER}.json"]
+    return [write_tiny_clip_config(folder, TINY, embed_dim=32),
+            write_tiny_clip_config(folder, OTHER, embed_dim=32, vision_width=96)]
 
 
 def write_frame(prefix: Path, objects: list[tuple[int, tuple[int, int, int], tuple]]) -> None:

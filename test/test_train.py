@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_clip import write_tiny_clip_config
 
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data.synth import SynthConfig, generate
@@ -153,17 +154,9 @@ def test_config_overrides_are_checked():
         load_config(None, ["epochs=3"])
 
 
-TINY_CLIP = {  # a tiny random open_clip architecture (32 px, 2 layers): plumbing, not accuracy
-    "embed_dim": 48,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
 def clip_config(data: Path, tmp_path: Path, **train_overrides) -> dict:
     """``small_config`` with every CLIP term and deep prompt tuning on, a tiny random teacher."""
-    path = tmp_path / "clipose_test_train_clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
+    path = write_tiny_clip_config(tmp_path, "clipose_test_train_clip")
     register_model_configs([path])
     cfg = small_config(data, **train_overrides)
     cfg["clip"].update(
