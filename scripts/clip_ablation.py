@@ -133,11 +133,8 @@ def finished_runs(out: Path, jobs: list[dict], seed: int) -> list[dict]:
             ).is_file():
                 run_seed = int(tail[len("_seed") :]) if tail else seed
                 found.append({**job, "run": run, "seed": run_seed})
-    unique = {str(j["run"]): j for j in found}
-    order = {a: i for i, a in enumerate(ARMS)}
-    return sorted(
-        unique.values(), key=lambda j: (j["setting"] != "full", order[j["arm"]], j["seed"])
-    )
+    order = {a: i for i, a in enumerate(ARMS)}  # each run matches one job: bases are unique
+    return sorted(found, key=lambda j: (j["setting"] != "full", order[j["arm"]], j["seed"]))
 
 
 def table(rows: list[dict]) -> str:
