@@ -75,7 +75,8 @@ def test_clean_cli_writes_the_original_frames(tmp_path):
     _assert_same_frames(_summary(tmp_path / "exact"), ORIGINAL_FRAMES, ORIGINAL_EXACT_DEPTH)
     config = json.loads((tmp_path / "synth_config.json").read_text())
     assert config["sensor"] is None and config["scene"] == "plain"
-    # The Python API default (used by the synthetic camera and test fixtures) is the clean one.
+    # The Python API default (used by the test fixtures and render_scenes without a sensor) is
+    # the clean one.
     assert SynthConfig().sensor is None and SynthConfig().scene == "plain"
 
 
