@@ -35,6 +35,7 @@ setup(
             "clipose-demo = clipose_ros.demo:main",
             "clipose-yolo-labels = clipose_ros.yolo_labels:main",
             "clipose-train-seg = clipose_ros.segmentation:train_main",
+            "clipose-import-yolo-tflite = clipose_ros.yolo_tflite:main",
             "clipose-train = clipose_ros.train:main",
             "clipose-export = clipose_ros.model.export:main",
             "clipose-pretrain-clip = clipose_ros.clip_pretrain:main",

@@ -714,3 +714,50 @@ def plot_ap_curves(metrics: Mapping[str, Any], path: str | os.PathLike, mode: st
     fig.suptitle(f"NOCS AP curves - 3D IoU mode: {mode}")
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=100)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
+
+
+def mask_ap(
+    frames: Sequence[tuple[Sequence[tuple[int, float, np.ndarray]],
+                           Sequence[tuple[int, np.ndarray]]]],
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Instance-segmentation AP per class at one mask-IoU threshold (VOC all-point, as the pose
+    APs): ``frames`` holds per frame the detections (class id, score, mask) and the ground
+    truth (class id, mask). Detections are matched greedily by score to the same-class ground
+    truth of highest IoU. Returns ``{"per_class": {name: AP or None}, "mAP": mean over the
+    classes with ground truth, "n_gt": {name: count}}``."""
+    scores: dict[int, list[float]] = {c: [] for c in range(1, len(CATEGORIES) + 1)}
+    hits: dict[int, list[bool]] = {c: [] for c in scores}
+    n_gt = dict.fromkeys(scores, 0)
+    for detections, truths in frames:
+        for c in scores:
+            gts = [m for k, m in truths if k == c]
+            n_gt[c] += len(gts)
+            taken = [False] * len(gts)
+            for _, score, mask in sorted((d for d in detections if d[0] == c),
+                                         key=lambda d: -d[1]):
+                ious = [-1.0 if used else mask_iou(mask, g)
+                        for g, used in zip(gts, taken, strict=True)]
+                best = int(np.argmax(ious)) if ious else -1
+                hit = best >= 0 and ious[best] >= iou_threshold
+                if hit:
+                    taken[best] = True
+                scores[c].append(score)
+                hits[c].append(hit)
+    per_class: dict[str, float | None] = {}
+    for c in scores:
+        name = CATEGORIES[c - 1]
+        if n_gt[c] == 0:
+            per_class[name] = None
+            continue
+        per_class[name] = float(_voc_ap(np.asarray(hits[c]), np.asarray(scores[c], float),
+                                        n_gt[c])) if scores[c] else 0.0
+    valid = [v for v in per_class.values() if v is not None]
+    return {"per_class": per_class, "mAP": float(np.mean(valid)) if valid else None,
+            "n_gt": {CATEGORIES[c - 1]: n for c, n in n_gt.items()}}

@@ -54,6 +54,11 @@ COCO_CLASS_MAP: dict[str, str] = {"bottle": "bottle", "bowl": "bowl", "cup": "mu
 LETTERBOX_FILL = 114  # the grey ultralytics pads with in training
 
 
+def is_coco_model(names: Mapping[int, str]) -> bool:
+    """A model with COCO's 80 classes (then :data:`COCO_CLASS_MAP` is the default map)."""
+    return len(names) == 80 and names.get(41) == "cup" and names.get(63) == "laptop"
+
+
 class SegmenterWeightsError(RuntimeError):
     """Segmentation weights are missing, unreadable or not a YOLO-seg model; names the file."""
 
@@ -245,6 +250,57 @@ class _OpenVinoBackend(_ExportedBackend):
         return self.request.get_output_tensor(0).data, self.request.get_output_tensor(1).data
 
 
+class _TfliteBackend(_ExportedBackend):
+    """An ultralytics TFLite export (float or int8) through OpenVINO on the CPU: NHWC in,
+    boxes normalised to the input size, prototypes NHWC; brought to the common layout here.
+    Class names from the export's metadata, else COCO's for an 80-class model."""
+
+    def __init__(self, path: Path, device: str, threads: int | None) -> None:
+        import openvino as ov
+
+        from clipose_ros.yolo_tflite import coco_names, tflite_metadata_names
+
+        if device != "cpu":
+            raise ValueError(f"a .tflite model runs on the CPU only (device {device!r})")
+        config: dict = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = ov.Core().read_model(str(path))
+            self.compiled = ov.Core().compile_model(model, "CPU", config)
+        except Exception as err:  # noqa: BLE001
+            raise SegmenterWeightsError(
+                f"OpenVINO cannot load {path}: {err}. {GET_WEIGHTS_HINT}"
+            ) from err
+        self.request = self.compiled.create_infer_request()
+        shape = [d.get_length() if d.is_static else -1 for d in model.input(0).get_partial_shape()]
+        if len(shape) != 4 or shape[3] != 3:
+            raise SegmenterWeightsError(f"{path}: input shape {shape} is not NHWC RGB")
+        outputs = [tuple(o.get_partial_shape().to_shape()) for o in model.outputs]
+        if len(outputs) < 2:
+            raise SegmenterWeightsError(f"{path}: {len(outputs)} output(s); a YOLO-seg export "
+                                        "has predictions and mask prototypes")
+        names = tflite_metadata_names(path)
+        if names is None:
+            nc = outputs[0][1] - 4 - outputs[1][3]
+            if nc != 80:
+                raise SegmenterWeightsError(f"{path} carries no class names and has {nc} classes "
+                                            "(only COCO's 80 are assumed)")
+            names = coco_names()
+        self._set_metadata({"names": names, "task": "segment"}, path,
+                           [shape[0], shape[3], shape[1], shape[2]])
+        h, w = self.fixed_shape
+        self.box_scale = np.array([w, h, w, h], dtype=np.float32)[:, None]
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.request.infer({0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
+        pred = self.request.get_output_tensor(0).data.copy()
+        proto = self.request.get_output_tensor(1).data.transpose(0, 3, 1, 2)
+        if pred[0, :4].max() <= 2.0:  # normalised boxes (ultralytics' TF exports)
+            pred[0, :4] *= self.box_scale
+        return pred, np.ascontiguousarray(proto)
+
+
 def _openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -253,7 +309,7 @@ def _openvino_available() -> bool:
     return True
 
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tflite")
 # OpenVINO's own choice ("auto") is bfloat16 on CPUs with AVX512-BF16 (as here), else f32.
 OPENVINO_PRECISIONS = ("auto", "f32", "bf16")
 
@@ -282,14 +338,16 @@ def load_backend(
             backend = "openvino" if device == "cpu" and _openvino_available() else "onnxruntime"
         elif suffix == ".pt":
             backend = "torch"
+        elif suffix == ".tflite":
+            backend = "tflite"
         else:
             raise SegmenterWeightsError(
                 f"{weights}: unknown weights format {suffix or '(folder)'!r}; expected an "
-                f"ultralytics .pt, an .onnx export or an *_openvino_model folder. "
+                f"ultralytics .pt, an .onnx or .tflite export or an *_openvino_model folder. "
                 f"{GET_WEIGHTS_HINT}"
             )
     cls = {"torch": _TorchBackend, "onnxruntime": _OnnxRuntimeBackend,
-           "openvino": _OpenVinoBackend}[backend]
+           "openvino": _OpenVinoBackend, "tflite": _TfliteBackend}[backend]
     if precision not in OPENVINO_PRECISIONS:
         raise ValueError(f"unknown OpenVINO precision {precision!r} (use {OPENVINO_PRECISIONS})")
     model = (_OpenVinoBackend(weights, device, threads, precision) if backend == "openvino"
@@ -335,10 +393,10 @@ class YoloSegmenter:
     ``imgsz`` is the long side of the network input for ``.pt`` weights (exported files have
     their fixed input size); ``score_threshold`` drops weak detections before NMS;
     ``min_mask_area`` (pixels, full resolution) drops specks; ``class_map`` maps the model's
-    class names to categories (default: names that are categories; :data:`COCO_CLASS_MAP` for
-    COCO weights). NMS is class-agnostic by default: one object gets one category. ``threads``
-    caps the CPU threads of the back-end (None: its default; for ``.pt`` weights this is torch's
-    process-wide setting). ``last_timings`` holds
+    class names to categories (default: names that are categories, or :data:`COCO_CLASS_MAP`
+    for a model with COCO's 80 classes). NMS is class-agnostic by default: one object gets one
+    category. ``threads`` caps the CPU threads of the back-end (None: its default; for ``.pt``
+    weights this is torch's process-wide setting). ``last_timings`` holds
     ``segment_ms`` (all of it) and its parts ``preprocess_ms``, ``inference_ms``,
     ``postprocess_ms`` after every call.
     """
@@ -366,6 +424,8 @@ class YoloSegmenter:
                              f"{min_mask_area}), max_detections >= 1 (got {max_detections})")
         self.weights = Path(weights)
         self.model = load_backend(self.weights, device, backend, threads, openvino_precision)
+        if class_map is None and is_coco_model(self.model.names):
+            class_map = COCO_CLASS_MAP
         try:
             self.class_ids = resolve_class_map(self.model.names, class_map)
         except ValueError as err:
@@ -708,6 +768,9 @@ def train_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr0", type=float, default=0.002, help="AdamW learning rate")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the train split")
+    parser.add_argument("--freeze", type=int, default=None,
+                        help="keep the first N layers fixed (10: the YOLOv8 backbone, 22: "
+                             "backbone and neck); for fine-tuning pretrained weights")
     parser.add_argument("--no-val", action="store_true",
                         help="validate only after the last epoch (saves time per epoch)")
     parser.add_argument("--weights-out", type=Path, default=None,
@@ -722,7 +785,7 @@ def train_main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         best = train_yolo(args.data, args.out, args.model, args.imgsz, args.epochs, args.hours,
                           args.batch, fraction=args.fraction, val=not args.no_val,
-                          lr0=args.lr0)
+                          lr0=args.lr0, **({"freeze": args.freeze} if args.freeze else {}))
         minutes = (time.perf_counter() - start) / 60
         final = best
         if args.weights_out:
