@@ -24,7 +24,7 @@ import os
 import pickle
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -672,6 +672,7 @@ def train_yolo(
     cache: bool = True,
     seed: int = 0,
     fraction: float = 1.0,
+    keep_classes: Sequence[str] = (),
     **overrides,
 ) -> Path:
     """Train an ultralytics YOLO-seg model on ``data`` (a data.yaml); returns the best weights.
@@ -681,8 +682,11 @@ def train_yolo(
     (it downloads a model), no plots (they download a font), an optimizer step every batch
     (``nbs = batch``: on a CPU budget updates are scarce), a short warm-up, mosaic off only for
     the last epoch, images cached in RAM. ``hours`` caps wall-clock training (ultralytics then
-    fits the epoch count and learning-rate schedule to the time). ``overrides`` go to
-    ``YOLO.train`` unchanged.
+    fits the epoch count and learning-rate schedule to the time). ``keep_classes`` (names of
+    the starting model's classes) keeps their scores as the starting weights give them:
+    backbone, neck and the classification branch's hidden layers stay fixed, and only the other
+    classes' classifier rows and the box and mask branches learn (for COCO weights: what COCO
+    knows stays COCO's). ``overrides`` go to ``YOLO.train`` unchanged.
     """
     from ultralytics import YOLO
 
@@ -702,9 +706,13 @@ def train_yolo(
     if hours:
         args["time"] = hours
     args.update(overrides)
+    yolo = YOLO(model, task="segment")
+    if keep_classes:
+        args["freeze"] = keep_classes_freeze_list(yolo.model)
+        yolo.add_callback("on_train_start",
+                          lambda trainer: hold_classifier_rows(trainer.model, keep_classes))
     log.info("training %s on %s: %s", model, data, args)
     start = time.perf_counter()
-    yolo = YOLO(model, task="segment")
     yolo.train(**args)
     weights_dir = out / "train" / "weights"
     best = weights_dir / "best.pt"
@@ -712,6 +720,32 @@ def train_yolo(
         best = weights_dir / "last.pt"
     log.info("training took %.1f min; weights %s", (time.perf_counter() - start) / 60, best)
     return best
+
+
+def keep_classes_freeze_list(model) -> list[int | str]:
+    """ultralytics ``freeze`` entries for ``keep_classes``: every layer before the head, and
+    the hidden layers of the head's classification branch (``<head>.cv3.<level>.<0|1>``)."""
+    head_index = len(model.model) - 1
+    head = model.model[-1]
+    hidden = [f"{head_index}.cv3.{level}.{j}" for level in range(head.nl)
+              for j in range(len(head.cv3[level]) - 1)]
+    return [*range(head_index), *hidden]
+
+
+def hold_classifier_rows(model, class_names: Sequence[str]) -> None:
+    """Zero the gradients of these classes' rows in the last classification convolutions, so
+    that (with the layers before them frozen) their scores stay the starting model's."""
+    import torch
+
+    index = {name: i for i, name in model.names.items()}
+    unknown = [n for n in class_names if n not in index]
+    if unknown:
+        raise ValueError(f"keep_classes {unknown}: not classes of the model ({list(index)})")
+    rows = torch.tensor([index[n] for n in class_names])
+    for branch in model.model[-1].cv3:
+        for param in (branch[-1].weight, branch[-1].bias):
+            param.register_hook(lambda grad, rows=rows: grad.index_fill(0, rows, 0.0))
+    log.info("classifier rows of %s held at the starting weights", list(class_names))
 
 
 def validate_yolo(weights: Path, data: Path, imgsz: int, batch: int = 8) -> dict:
@@ -768,6 +802,10 @@ def train_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr0", type=float, default=0.002, help="AdamW learning rate")
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the train split")
+    parser.add_argument("--keep-classes", nargs="+", default=[], metavar="NAME",
+                        help="classes whose scores stay the starting weights' (backbone, neck "
+                             "and classifier hidden layers fixed; e.g. bottle bowl mug laptop "
+                             "for a COCO start from clipose-import-yolo-tflite --classes nocs)")
     parser.add_argument("--freeze", type=int, default=None,
                         help="keep the first N layers fixed (10: the YOLOv8 backbone, 22: "
                              "backbone and neck); for fine-tuning pretrained weights")
@@ -785,7 +823,8 @@ def train_main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         best = train_yolo(args.data, args.out, args.model, args.imgsz, args.epochs, args.hours,
                           args.batch, fraction=args.fraction, val=not args.no_val,
-                          lr0=args.lr0, **({"freeze": args.freeze} if args.freeze else {}))
+                          lr0=args.lr0, keep_classes=args.keep_classes,
+                          **({"freeze": args.freeze} if args.freeze else {}))
         minutes = (time.perf_counter() - start) / 60
         final = best
         if args.weights_out:

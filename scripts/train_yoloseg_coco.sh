@@ -10,7 +10,10 @@
 #    epoch so that ultralytics' time mode can fit the schedule (and its decay) to the budget.
 #
 # Arms: full (everything trained), backbone-frozen (layers 0-9 fixed, their batch norms in
-# eval mode), head-only (backbone and neck fixed: only the segmentation head learns).
+# eval mode), head-only (backbone and neck fixed: only the segmentation head learns),
+# coco-classes-kept (as head-only, but the classification branch's hidden layers and the
+# classifier rows of bottle, bowl, mug and laptop also fixed: those four keep COCO's scores,
+# can and camera are learnt on top of COCO's features, boxes and masks adapt).
 # The weights derive from Ultralytics' COCO weights: AGPL-3.0.
 #
 # Usage: scripts/train_yoloseg_coco.sh DATA_ROOT RUN_ROOT ARM HOURS [START_WEIGHTS]
@@ -30,7 +33,9 @@ case "$ARM" in
     full) FREEZE=();;
     backbone-frozen) FREEZE=(--freeze 10);;
     head-only) FREEZE=(--freeze 22);;
-    *) echo "unknown arm $ARM (full | backbone-frozen | head-only)" >&2; exit 2;;
+    coco-classes-kept) FREEZE=(--keep-classes bottle bowl mug laptop);;
+    *) echo "unknown arm $ARM (full | backbone-frozen | head-only | coco-classes-kept)" >&2
+       exit 2;;
 esac
 exec .venv/bin/python -m clipose_ros.segmentation \
     --data "$DATA/yolo/data.yaml" --out "$RUNS/$ARM" --model "$START" \

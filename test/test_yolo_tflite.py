@@ -163,3 +163,39 @@ def test_recentred_batch_norm_keeps_the_function_in_train_mode(converted, tmp_pa
     plain = convert(TFLITE)
     recentred = torch.load(converted, weights_only=False)["model"].float()
     assert drift(recentred) < 0.15 < drift(plain)
+
+
+@needs_shared
+def test_keep_classes_fine_tuning_holds_the_coco_classifier(converted, tmp_path):
+    """Fine-tuning the six-class COCO copy with keep_classes: the kept classes' classifier rows
+    and everything before the head stay the starting weights, while the camera and can rows and
+    the box branch learn."""
+    import torch
+
+    from clipose_ros.segmentation import train_yolo
+    from clipose_ros.yolo_tflite import to_nocs_classes
+
+    start_model = to_nocs_classes(torch.load(converted, weights_only=False)["model"].float())
+    start = save_checkpoint(start_model, tmp_path / "nocs6.pt", TFLITE)
+    generate(tmp_path / "data", "train", 3, 2, seed=4, cfg=SynthConfig(max_distractors=0),
+             progress=False)
+    kept = ["bottle", "bowl", "mug", "laptop"]
+    weights = train_yolo(tmp_path / "data" / "yolo" / "data.yaml", tmp_path / "run",
+                         str(start), imgsz=96, epochs=1, batch=2, cache=False, val=False,
+                         verbose=False, keep_classes=kept, lr0=0.01, warmup_epochs=0)
+    before = start_model.state_dict()
+    after = torch.load(weights, weights_only=False)["model"].float().state_dict()
+
+    def changed(key: str, rows=slice(None)) -> float:
+        """Largest change, relative to the tensor's largest value."""
+        return float((after[key][rows] - before[key][rows]).abs().max()
+                     / before[key].abs().max())
+
+    # ultralytics stores half-precision weights: held tensors differ by its rounding (< 1e-3).
+    cls = "model.22.cv3.0.2.weight"
+    kept_rows = [list(start_model.names.values()).index(n) for n in kept]
+    assert changed(cls, kept_rows) < 1e-3
+    assert changed(cls, [2, 3]) > 1e-2  # camera, can
+    assert changed("model.22.cv3.0.0.conv.weight") < 1e-3  # classifier hidden layer
+    assert changed("model.0.conv.weight") < 1e-3 and changed("model.15.cv2.conv.weight") < 1e-3
+    assert changed("model.22.cv2.0.2.weight") > 1e-2  # the box branch learns
