@@ -172,8 +172,11 @@ def test_missing_truncated_and_foreign_weights_name_the_file(tmp_path):
         with pytest.raises(SegmenterWeightsError, match="junk.onnx"):
             YoloSegmenter(tmp_path / "junk.onnx", backend=backend)
     (tmp_path / "weights.tflite").write_bytes(b"x" * 2048)
-    with pytest.raises(SegmenterWeightsError, match="unknown weights format"):
+    with pytest.raises(SegmenterWeightsError, match="cannot load.*weights.tflite"):
         YoloSegmenter(tmp_path / "weights.tflite")
+    (tmp_path / "weights.h5").write_bytes(b"x" * 2048)
+    with pytest.raises(SegmenterWeightsError, match="unknown weights format"):
+        YoloSegmenter(tmp_path / "weights.h5")
     with pytest.raises(ValueError, match="yolo:"):
         build_segmenter(str(tmp_path / "junk.pt"))
 
