@@ -324,8 +324,10 @@ def folder_items(root: Path, K: Intrinsics | None, scale: float | None,
     cache: dict[Path, Intrinsics | None] = {}
 
     def by_folder(folder: Path) -> Callable[[], Intrinsics | None]:
+        chain = [folder, *[f for f in folder.parents if f.is_relative_to(root)]]
+
         def get() -> Intrinsics | None:
-            for f in (folder, folder.parent, root):
+            for f in chain:  # the image's folder, then its parents up to ``root``
                 if f not in cache:
                     try:
                         cache[f] = _folder_intrinsics(f)
@@ -786,8 +788,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"clipose-infer: {err}")
     items, total = build_items(args, K, report)
     if total == 0:
-        sys.exit(f"clipose-infer: nothing to process ({len(report.problems)} problems, see "
-                 f"{log_path})")
+        run_inference([], None, args.out, 0, report, 0, progress=False)  # summary.json
+        first = report.problems[0]["message"] if report.problems else "no input"
+        sys.exit(f"clipose-infer: nothing to process: {first} ({len(report.problems)} "
+                 f"problem(s), all in {log_path})")
     node = {p.name: p.default for p in POSE_NODE_PARAMS}
     try:
         device = resolve_device(args.device)
