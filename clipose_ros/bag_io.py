@@ -186,9 +186,12 @@ def scan_mcap(path: Path, problem: Problem) -> Iterator[BagRecord]:
     channels: dict[int, tuple[str, str]] = {}
     cur = _Cursor(data, 8)
     count = 0
+    record_at = [8]  # file offset of the top-level record being read
 
     def records(buf: _Cursor, end: int) -> Iterator[tuple[int, _Cursor, int]]:
         while buf.pos < end:
+            if buf is cur:
+                record_at[0] = buf.pos
             op = buf.take(1)[0]
             length = buf.u64()
             if op == OP_CHUNK and buf.pos + length > len(buf.data):
@@ -240,8 +243,8 @@ def scan_mcap(path: Path, problem: Problem) -> Iterator[BagRecord]:
                     count += 1
                     yield rec
     except (_Truncated, ValueError, UnicodeDecodeError, struct.error, RuntimeError) as err:
-        problem(str(path), f"MCAP data ends or breaks at byte {cur.pos} of {len(data)} "
-                f"({err}); {count} messages before it were read")
+        problem(str(path), f"MCAP data ends or breaks in the record at byte {record_at[0]} "
+                f"of {len(data)} ({err}); the {count} messages before were read")
 
 
 # ---------------------------------------------------------------------------- SQLite scan

@@ -204,6 +204,9 @@ def test_bag_gives_the_pipelines_poses_and_matches_ground_truth(generated, tmp_p
                             np.array(o["size"]), key=o["id"]) for o in line["objects"]]
         matches += score_frame(truths, preds, symmetric)
     found = [m for m in matches if m.pred_id is not None]
+    print(f"bag vs ground truth: {len(found)}/{len(matches)} found, median "
+          f"{np.median([m.trans_cm for m in found]):.2f} cm, "
+          f"{np.median([m.rot_deg for m in found]):.1f} deg")
     assert len(found) >= 0.5 * len(matches), f"{len(found)} of {len(matches)} objects found"
     assert np.median([m.trans_cm for m in found]) < 3.0
     assert np.median([m.rot_deg for m in found]) < 20.0
@@ -274,6 +277,7 @@ def test_damaged_bags_keep_what_can_be_read(generated, tmp_path):
     storage.write_bytes(storage.read_bytes()[: int(storage.stat().st_size * 0.6)])
     summary = run(["--bag", str(mcap)], tmp_path / "cut_out")
     lines = read_jsonl(tmp_path / "cut_out")
+    print("cut MCAP:", summary["frames_processed"], "frames;", summary["problems"])
     assert 1 <= summary["frames_processed"] < 6
     assert any(p["where"] == str(storage) and "MCAP data ends" in p["message"]
                for p in summary["problems"])
