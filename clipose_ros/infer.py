@@ -161,17 +161,23 @@ def read_depth_file(path: Path) -> tuple[np.ndarray, float]:
             raw = np.load(path, allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - any read failure: name the file
             raise SkipItem(f"{path}: cannot read the NPY depth ({err})") from err
-    else:
-        if suffix == ".exr":
+    elif suffix == ".exr":
+        from clipose_ros.exr import ExrError, read_exr_depth
+
+        try:
+            raw = read_exr_depth(path)
+        except ExrError as err:
+            # An OpenCV built with OpenEXR reads the codecs ours does not (PIZ, DWA, tiles).
             os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise SkipItem(str(err)) from err
+        except OSError as err:
+            raise SkipItem(f"{path}: cannot read the EXR depth ({err})") from err
+    else:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
-            hint = ""
-            if suffix == ".exr" and "OpenEXR:                     NO" in cv2.getBuildInformation():
-                hint = (" (this OpenCV build has no OpenEXR support: convert the depth to a "
-                        "16-bit PNG in millimetres or a float32 .npy in metres)")
-            raise SkipItem(f"{path}: cannot read the depth image (corrupt or not an image)"
-                           f"{hint}")
+            raise SkipItem(f"{path}: cannot read the depth image (corrupt or not an image)")
         if raw.ndim == 3 and np.issubdtype(raw.dtype, np.floating):
             raw = raw[:, :, 0]  # EXR/TIFF writers often repeat depth in every channel
     if raw.ndim != 2:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sysconfig
+import zlib
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ from clipose_ros.categories import SYMMETRIC_CATEGORIES
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.demo import score_frame
+from clipose_ros.exr import ExrError, read_exr_depth
 from clipose_ros.infer import (
     DEFAULT_DEPTH_TOPICS,
     DEFAULT_INFO_TOPICS,
@@ -378,6 +381,17 @@ def test_real275_sample_frame_goes_through_and_its_overlay_is_written(tmp_path):
     assert "assuming millimetres" in (tmp_path / "yaml" / "infer.log").read_text()
     (again,) = read_jsonl(tmp_path / "yaml")
     assert json.dumps(again["objects"]) == json.dumps(line["objects"])
+    # The same depth as float metres in an EXR (ZIP) and in a .npy: the same poses.
+    mm = cv2.imread(str(REAL / "0000_depth.png"), cv2.IMREAD_UNCHANGED)
+    metres = mm.astype(np.float32) * np.float32(0.001)
+    write_exr(tmp_path / "depth.exr", {"Z": metres}, zip_=True)
+    np.save(tmp_path / "depth.npy", metres)
+    for depth in ("depth.exr", "depth.npy"):
+        summary = run(["--rgb", str(REAL / "0000_color.png"), "--depth", str(tmp_path / depth),
+                       "--camera-info", str(info)], tmp_path / f"out_{depth}")
+        assert summary["warnings"] == {} and summary["frames_processed"] == 1
+        (same,) = read_jsonl(tmp_path / f"out_{depth}")
+        assert json.dumps(same["objects"]) == json.dumps(line["objects"])
     # Intrinsics for another image size are refused, naming the file.
     info.write_text(f"image_width: 1280\nimage_height: 720\ncamera_matrix: {{rows: 3, cols: 3, "
                     f"data: [{fx}, 0, {cx}, 0, {fy}, {cy}, 0, 0, 1]}}\n")
@@ -413,3 +427,91 @@ def test_camera_info_yaml_formats_and_errors(tmp_path):
     path.write_text("distortion_model: plumb_bob\n")
     with pytest.raises(ValueError, match="neither camera_matrix nor k"):
         load_camera_info_yaml(path)
+
+
+# ---------------------------------------------------------------------------- EXR depth
+
+
+def write_exr(path: Path, channels: dict[str, np.ndarray], zip_: bool) -> None:
+    """A scanline EXR (channels: name -> (H, W) float16 / float32), uncompressed or ZIP, written
+    here from the file layout documentation, independently of the reader's code."""
+    names = sorted(channels)
+    h, w = channels[names[0]].shape
+    kinds = {np.dtype(np.float16): 1, np.dtype(np.float32): 2}
+
+    def attr(name: str, kind: str, value: bytes) -> bytes:
+        return name.encode() + b"\0" + kind.encode() + b"\0" + len(value).to_bytes(4, "little") \
+            + value
+
+    chlist = b"".join(n.encode() + b"\0" + kinds[channels[n].dtype].to_bytes(4, "little")
+                      + b"\0\0\0\0" + (1).to_bytes(4, "little") * 2 for n in names) + b"\0"
+    box = np.array([0, 0, w - 1, h - 1], "<i4").tobytes()
+    header = (np.array([20000630, 2], "<i4").tobytes() + attr("channels", "chlist", chlist)
+              + attr("compression", "compression", bytes([3 if zip_ else 0]))
+              + attr("dataWindow", "box2i", box) + attr("displayWindow", "box2i", box)
+              + attr("lineOrder", "lineOrder", b"\0")
+              + attr("pixelAspectRatio", "float", np.float32(1).tobytes())
+              + attr("screenWindowCenter", "v2f", np.zeros(2, "<f4").tobytes())
+              + attr("screenWindowWidth", "float", np.float32(1).tobytes()) + b"\0")
+    lines = 16 if zip_ else 1
+    chunks = []
+    for y in range(0, h, lines):
+        raw = b"".join(channels[n][r].astype(channels[n].dtype.newbyteorder("<")).tobytes()
+                       for r in range(y, min(y + lines, h)) for n in names)
+        data = raw
+        if zip_:
+            b = np.frombuffer(raw, np.uint8)
+            t = np.concatenate([b[0::2], b[1::2]]).astype(np.int64)
+            d = t.copy()
+            d[1:] = (t[1:] - t[:-1] + 128) % 256
+            packed = zlib.compress(d.astype(np.uint8).tobytes())
+            data = packed if len(packed) < len(raw) else raw
+        chunks.append(np.array([y, len(data)], "<i4").tobytes() + data)
+    table_end = len(header) + 8 * len(chunks)
+    offsets, at = [], table_end
+    for c in chunks:
+        offsets.append(at)
+        at += len(c)
+    path.write_bytes(header + np.array(offsets, "<u8").tobytes() + b"".join(chunks))
+
+
+def test_exr_depth_round_trip_and_unsupported_files(tmp_path):
+    rng = np.random.default_rng(0)
+    # A table plane (compresses, so ZIP chunks are stored compressed) and a noisy patch.
+    z = (0.8 + 0.002 * np.arange(37)[:, None] + np.zeros(45)).astype(np.float32)
+    z[20:30, 10:30] = rng.uniform(0.3, 2.0, (10, 20))
+    r = rng.uniform(0, 1, (37, 45)).astype(np.float16)
+    sizes = []
+    for zip_ in (False, True):
+        path = tmp_path / f"d{int(zip_)}.exr"
+        write_exr(path, {"Z": z, "R": r}, zip_)
+        assert np.array_equal(read_exr_depth(path), z)  # Z is preferred over R
+        write_exr(path, {"Z": z}, zip_)
+        sizes.append(path.stat().st_size)
+        assert np.array_equal(read_exr_depth(path), z)
+        write_exr(path, {"R": r}, zip_)
+        assert np.array_equal(read_exr_depth(path), r.astype(np.float32))
+    assert sizes[1] < 0.8 * sizes[0]  # the ZIP decoding was exercised
+    bad = tmp_path / "bad.exr"
+    write_exr(tmp_path / "d1.exr", {"Z": z}, True)
+    data = bytearray((tmp_path / "d1.exr").read_bytes())
+    data[data.index(b"compression\0compression\0") + 28] = 4  # claim PIZ
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ExrError, match=f"{bad}: EXR compression PIZ is not supported"):
+        read_exr_depth(bad)
+    bad.write_bytes(b"not an exr")
+    with pytest.raises(ExrError, match="not an OpenEXR file"):
+        read_exr_depth(bad)
+
+
+PYTHON_EXR = Path(sysconfig.get_paths()["stdlib"]) / "test" / "imghdrdata"
+
+
+@pytest.mark.skipif(not (PYTHON_EXR / "python.exr").is_file(),
+                    reason=f"no EXR written by OpenEXR at hand ({PYTHON_EXR}/python.exr: the "
+                           "Python test suite is not installed)")
+def test_exr_reader_on_a_file_written_by_openexr():
+    """CPython's test image, stored as EXR (by OpenEXR) and as PNG: the same values."""
+    png = cv2.imread(str(PYTHON_EXR / "python.png"), cv2.IMREAD_UNCHANGED)
+    assert np.allclose(read_exr_depth(PYTHON_EXR / "python.exr"), png[:, :, 2] / 255.0,
+                       atol=1e-3)  # R, the only default channel present
