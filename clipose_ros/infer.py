@@ -72,6 +72,7 @@ class Item:
     source: str
     load: Callable[[], Frame]
     stamp_ns: int | None = None
+    depth_source: str | None = None  # the depth file, when it is one
 
 
 @dataclass
@@ -180,6 +181,11 @@ def read_depth_file(path: Path) -> tuple[np.ndarray, float]:
             raise SkipItem(f"{path}: cannot read the depth image (corrupt or not an image)")
         if raw.ndim == 3 and np.issubdtype(raw.dtype, np.floating):
             raw = raw[:, :, 0]  # EXR/TIFF writers often repeat depth in every channel
+    if raw.ndim == 3 and raw.dtype == np.uint8 and path.name.endswith("_depth.png"):
+        # CAMERA25's objects-only depth, mm packed into two 8-bit channels: the NOCS reader's.
+        from clipose_ros.data import nocs_format as nf
+
+        return nf.read_depth(path.with_name(path.name[: -len("_depth.png")])), 1.0
     if raw.ndim != 2:
         raise SkipItem(f"{path}: depth must have one channel, got shape {raw.shape} "
                        "(a colour image given as depth?)")
@@ -295,10 +301,19 @@ def pair_item(rgb_path: Path, depth_path: Path, K: Intrinsics | None, scale: flo
         return make_frame(rgb, depth, intr, f"{rgb_path} + {depth_path.name}",
                           name or rgb_path.stem)
 
-    return Item(name or rgb_path.stem, str(rgb_path), load)
+    return Item(name or rgb_path.stem, str(rgb_path), load, depth_source=str(depth_path))
 
 
 def _depth_partner(rgb: Path, base: str) -> Path | None:
+    """``<base>_depth.*`` beside the colour image; for CAMERA25 (``<root>/CAMERA/<split>/
+    <scene>/``, or without ``CAMERA``) the composed depth in ``<root>/camera_full_depths/<split>/
+    <scene>/<base>_composed.png`` first: the real background's depth with the objects, what
+    the field uses, rather than the objects-only depth beside the image."""
+    split, scene = rgb.parent.parent.name, rgb.parent.name
+    for ancestor in list(rgb.parents)[2:4]:
+        composed = ancestor / "camera_full_depths" / split / scene / f"{base}_composed.png"
+        if composed.is_file():
+            return composed
     for suffix in DEPTH_SUFFIXES:
         candidate = rgb.with_name(f"{base}_depth{suffix}")
         if candidate.is_file():
@@ -631,7 +646,8 @@ def run_inference(items: Iterable[Item], pipeline, out: Path, overlay_every: int
                 timings[k].append(result.timings.get(k, float("nan")))
             per_class.update(p.class_name for p in result.poses)
             record = {
-                "frame": item.name, "source": item.source, "stamp_ns": item.stamp_ns,
+                "frame": item.name, "source": item.source, "depth": item.depth_source,
+                "stamp_ns": item.stamp_ns,
                 "index": index, "width": int(frame.rgb.shape[1]),
                 "height": int(frame.rgb.shape[0]), "K": np.asarray(frame.K).tolist(),
                 "objects": [pose_record(p) for p in result.poses],

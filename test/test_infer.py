@@ -401,6 +401,21 @@ def test_real275_sample_frame_goes_through_and_its_overlay_is_written(tmp_path):
         summary["problems"][0]["message"]
 
 
+CAMERA25 = ROOT.parent / "shared" / "real_samples" / "camera25_train"
+
+
+@pytest.mark.skipif(not CAMERA25.is_dir(), reason=f"{CAMERA25} absent (../shared not here)")
+def test_camera25_download_layout_uses_the_composed_depth(tmp_path):
+    summary = run(["--folder", str(CAMERA25 / "train"), "--intrinsics", "camera",
+                   "--max-frames", "2", "--overlay-every", "0"], tmp_path / "out")
+    assert summary["frames_processed"] == 2 and summary["problems"] == []
+    lines = read_jsonl(tmp_path / "out")
+    assert [line["depth"] for line in lines] == [
+        str(CAMERA25 / "camera_full_depths" / "train" / "00000" / f"000{i}_composed.png")
+        for i in range(2)]
+    assert np.allclose(lines[0]["K"], nf.CAMERA_INTRINSICS)
+
+
 def test_depth_unit_guess_and_stamp_pairing():
     mm = np.full((4, 4), 800, np.uint16)
     assert np.allclose(depth_to_metres(mm, 0.001, "a"), 0.8)
