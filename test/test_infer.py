@@ -384,7 +384,7 @@ def test_real275_sample_frame_goes_through_and_its_overlay_is_written(tmp_path):
     # The same depth as float metres in an EXR (ZIP) and in a .npy: the same poses.
     mm = cv2.imread(str(REAL / "0000_depth.png"), cv2.IMREAD_UNCHANGED)
     metres = mm.astype(np.float32) * np.float32(0.001)
-    write_exr(tmp_path / "depth.exr", {"Z": metres}, zip_=True)
+    write_exr(tmp_path / "depth.exr", {"Z": metres}, "ZIP")
     np.save(tmp_path / "depth.npy", metres)
     for depth in ("depth.exr", "depth.npy"):
         summary = run(["--rgb", str(REAL / "0000_color.png"), "--depth", str(tmp_path / depth),
@@ -447,9 +447,29 @@ def test_camera_info_yaml_formats_and_errors(tmp_path):
 # ---------------------------------------------------------------------------- EXR depth
 
 
-def write_exr(path: Path, channels: dict[str, np.ndarray], zip_: bool) -> None:
-    """A scanline EXR (channels: name -> (H, W) float16 / float32), uncompressed or ZIP, written
-    here from the file layout documentation, independently of the reader's code."""
+def _rle(data: bytes) -> bytes:
+    """EXR run-length coding: (count - 1, byte) for runs of 3 or more, (-n, n bytes) else."""
+    out, i = bytearray(), 0
+    while i < len(data):
+        run = 1
+        while i + run < len(data) and data[i + run] == data[i] and run < 128:
+            run += 1
+        if run >= 3:
+            out += bytes([run - 1, data[i]])
+            i += run
+            continue
+        j = i + 1
+        while j < len(data) and j - i < 127 and not (
+                j + 2 < len(data) and data[j] == data[j + 1] == data[j + 2]):
+            j += 1
+        out += (i - j).to_bytes(1, "little", signed=True) + data[i:j]
+        i = j
+    return bytes(out)
+
+
+def write_exr(path: Path, channels: dict[str, np.ndarray], codec: str) -> None:
+    """A scanline EXR (channels: name -> (H, W) float16 / float32), ``codec`` NONE, RLE or
+    ZIP, written here from the file layout documentation, independently of the reader's code."""
     names = sorted(channels)
     h, w = channels[names[0]].shape
     kinds = {np.dtype(np.float16): 1, np.dtype(np.float32): 2}
@@ -462,24 +482,26 @@ def write_exr(path: Path, channels: dict[str, np.ndarray], zip_: bool) -> None:
                       + b"\0\0\0\0" + (1).to_bytes(4, "little") * 2 for n in names) + b"\0"
     box = np.array([0, 0, w - 1, h - 1], "<i4").tobytes()
     header = (np.array([20000630, 2], "<i4").tobytes() + attr("channels", "chlist", chlist)
-              + attr("compression", "compression", bytes([3 if zip_ else 0]))
+              + attr("compression", "compression",
+                     bytes([{"NONE": 0, "RLE": 1, "ZIP": 3}[codec]]))
               + attr("dataWindow", "box2i", box) + attr("displayWindow", "box2i", box)
               + attr("lineOrder", "lineOrder", b"\0")
               + attr("pixelAspectRatio", "float", np.float32(1).tobytes())
               + attr("screenWindowCenter", "v2f", np.zeros(2, "<f4").tobytes())
               + attr("screenWindowWidth", "float", np.float32(1).tobytes()) + b"\0")
-    lines = 16 if zip_ else 1
+    lines = 16 if codec == "ZIP" else 1
     chunks = []
     for y in range(0, h, lines):
         raw = b"".join(channels[n][r].astype(channels[n].dtype.newbyteorder("<")).tobytes()
                        for r in range(y, min(y + lines, h)) for n in names)
         data = raw
-        if zip_:
+        if codec != "NONE":
             b = np.frombuffer(raw, np.uint8)
             t = np.concatenate([b[0::2], b[1::2]]).astype(np.int64)
             d = t.copy()
             d[1:] = (t[1:] - t[:-1] + 128) % 256
-            packed = zlib.compress(d.astype(np.uint8).tobytes())
+            d = d.astype(np.uint8).tobytes()
+            packed = zlib.compress(d) if codec == "ZIP" else _rle(d)
             data = packed if len(packed) < len(raw) else raw
         chunks.append(np.array([y, len(data)], "<i4").tobytes() + data)
     table_end = len(header) + 8 * len(chunks)
@@ -495,21 +517,22 @@ def test_exr_depth_round_trip_and_unsupported_files(tmp_path):
     # A table plane (compresses, so ZIP chunks are stored compressed) and a noisy patch.
     z = (0.8 + 0.002 * np.arange(37)[:, None] + np.zeros(45)).astype(np.float32)
     z[20:30, 10:30] = rng.uniform(0.3, 2.0, (10, 20))
+    z[:12] = 0.0  # no depth at the top: the runs that RLE packs
     r = rng.uniform(0, 1, (37, 45)).astype(np.float16)
-    sizes = []
-    for zip_ in (False, True):
-        path = tmp_path / f"d{int(zip_)}.exr"
-        write_exr(path, {"Z": z, "R": r}, zip_)
+    sizes = {}
+    for codec in ("NONE", "RLE", "ZIP"):
+        path = tmp_path / f"{codec}.exr"
+        write_exr(path, {"Z": z, "R": r}, codec)
         assert np.array_equal(read_exr_depth(path), z)  # Z is preferred over R
-        write_exr(path, {"Z": z}, zip_)
-        sizes.append(path.stat().st_size)
+        write_exr(path, {"Z": z}, codec)
+        sizes[codec] = path.stat().st_size
         assert np.array_equal(read_exr_depth(path), z)
-        write_exr(path, {"R": r}, zip_)
+        write_exr(path, {"R": r}, codec)
         assert np.array_equal(read_exr_depth(path), r.astype(np.float32))
-    assert sizes[1] < 0.8 * sizes[0]  # the ZIP decoding was exercised
+    # The decoders were exercised: compressed chunks are stored only when smaller.
+    assert sizes["ZIP"] < 0.8 * sizes["NONE"] and sizes["RLE"] < 0.8 * sizes["NONE"]
     bad = tmp_path / "bad.exr"
-    write_exr(tmp_path / "d1.exr", {"Z": z}, True)
-    data = bytearray((tmp_path / "d1.exr").read_bytes())
+    data = bytearray(write_exr(bad, {"Z": z}, "ZIP") or bad.read_bytes())
     data[data.index(b"compression\0compression\0") + 28] = 4  # claim PIZ
     bad.write_bytes(bytes(data))
     with pytest.raises(ExrError, match=f"{bad}: EXR compression PIZ is not supported"):
