@@ -435,6 +435,17 @@ def _pick_topic(wanted: tuple[str, ...], available: dict[str, str], msgtype: str
                       f"{listing} (choose one with --{what}-topic)")
 
 
+def _listed_topics(path: Path) -> dict[str, str]:
+    """Topic -> type from the bag's own index, or {} when it cannot be opened normally."""
+    from rosbags.rosbag2 import Reader
+
+    try:
+        with Reader(path) as reader:
+            return {c.topic: c.msgtype for c in reader.connections}
+    except Exception:  # noqa: BLE001 - damaged: read_bag's fallbacks will say what is wrong
+        return {}
+
+
 def _nearest(stamps: list[int], value: int) -> int | None:
     """Index of the stamp nearest ``value`` in a sorted list (None when empty)."""
     if not stamps:
@@ -491,10 +502,18 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
                            f"{type(err).__name__}: {err}")
             return None
 
+    listed = _listed_topics(path)
+    chosen: set[str] | None = None  # decode only these (None: the bag's index is unreadable)
+    if listed:  # a missing topic is said before the bag is read
+        chosen = {_pick_topic(rgb_wanted, listed, IMAGE_TYPE, "rgb", path),
+                  _pick_topic(depth_wanted, listed, IMAGE_TYPE, "depth", path)}
+        if K is None:
+            chosen.add(_pick_topic(info_wanted, listed, INFO_TYPE, "info", path))
     try:
         for ordinal, rec in enumerate(read_bag(path, report.problem)):
             types.setdefault(rec.topic, rec.msgtype)
-            if rec.msgtype not in (IMAGE_TYPE, INFO_TYPE):
+            if rec.msgtype not in (IMAGE_TYPE, INFO_TYPE) or (
+                    chosen is not None and rec.topic not in chosen):
                 continue
             msg = decode(rec, ordinal)
             if msg is None:
