@@ -727,8 +727,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
 
     parser = argparse.ArgumentParser(
-        prog="clipose-infer", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="clipose-infer", description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog="Output: <out>/poses.jsonl, overlays/, summary.json, infer.log (README: "
+               "'Offline inference on your own data').",
     )
     src = parser.add_argument_group("input (one kind)")
     src.add_argument("--rgb", type=Path, help="colour image of one pair")
@@ -753,20 +754,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bag.add_argument("--info-topic", default=None,
                      help=f"default: the first present of {', '.join(DEFAULT_INFO_TOPICS)}")
     bag.add_argument("--slop", type=float, default=0.02,
-                     help="largest colour/depth stamp difference of a pair (s)")
+                     help="largest colour/depth stamp difference of a pair, s (0.02)")
     model = parser.add_argument_group("models (the node's defaults)")
-    model.add_argument("--pose-model", default=DEFAULT_POSE_MODEL)
+    model.add_argument("--pose-model", default=DEFAULT_POSE_MODEL,
+                       help=f"exported pose model ({DEFAULT_POSE_MODEL})")
     model.add_argument("--segmenter", default=DEFAULT_SEGMENTER_WEIGHTS,
-                       help=".onnx (CPU, fastest) or .pt (use it with --device cuda)")
-    model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    model.add_argument("--threads", type=int, default=0, help="CPU threads (0: defaults)")
+                       help=f".onnx (CPU, fastest) or .pt (use it with --device cuda) "
+                            f"({DEFAULT_SEGMENTER_WEIGHTS})")
+    model.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    model.add_argument("--threads", type=int, default=0,
+                       help="CPU threads of torch and the segmenter (0: their defaults; 1 "
+                            "is much faster on a machine busy with other jobs)")
     model.add_argument("--score-threshold", type=float, default=None,
                        help="default: the node's")
-    parser.add_argument("--out", type=Path, default=Path("infer_out"))
+    parser.add_argument("--out", type=Path, default=Path("infer_out"),
+                        help="output folder (infer_out)")
     parser.add_argument("--overlay-every", type=int, default=10,
-                        help="write an overlay of every Nth processed frame (0: none)")
-    parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
+                        help="write an overlay of every Nth processed frame (10; 0: none)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="stop after this many frames")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     kinds = [args.rgb is not None or args.depth is not None, bool(args.folder), bool(args.bag)]
     if sum(kinds) != 1:
@@ -836,8 +843,8 @@ def main(argv: list[str] | None = None) -> None:
     node = {p.name: p.default for p in POSE_NODE_PARAMS}
     try:
         device = resolve_device(args.device)
-    except ParameterError as err:
-        sys.exit(f"clipose-infer: {err}")
+    except ParameterError as err:  # worded for the node's parameters: reword for flags
+        sys.exit(f"clipose-infer: {str(err).replace('device:=', '--device ')}")
     if args.threads > 0:
         import torch
 
