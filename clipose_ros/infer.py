@@ -414,6 +414,20 @@ def folder_items(root: Path, K: Intrinsics | None, scale: float | None,
 # ---------------------------------------------------------------------------- bags
 
 
+def _ros_convert():
+    """The node's message -> numpy conversion and checks, applied to the messages ``rosbags``
+    decodes (they have the same fields). It needs the ROS message packages of the project's
+    environment (``scripts/setup_env.sh`` installs them from wheels), not rclpy or a ROS
+    install."""
+    try:
+        from clipose_ros import ros_convert
+    except ImportError as err:
+        raise SourceError(f"reading bags uses the node's message checks (ros_convert), which "
+                          f"need the ROS message packages: {err}; run scripts/setup_env.sh "
+                          "or source a ROS 2 install") from err
+    return ros_convert
+
+
 def _typestore():
     from rosbags.typesys import Stores, get_typestore
 
@@ -483,8 +497,9 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
     Two passes keep memory small: the first decodes headers only, the second holds a pair's
     two messages until both are read.
     """
-    from clipose_ros import msg_convert
     from clipose_ros.bag_io import BagError, read_bag
+
+    rc = _ros_convert()
 
     path = Path(path)
     store = _typestore()
@@ -518,7 +533,7 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
             msg = decode(rec, ordinal)
             if msg is None:
                 continue
-            stamp = msg_convert.stamp_to_ns(msg.header.stamp)
+            stamp = rc.stamp_to_ns(msg.header.stamp)
             if rec.msgtype == INFO_TYPE:
                 infos.setdefault(rec.topic, []).append((stamp, msg))
             else:
@@ -578,8 +593,7 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
 
 def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
               scale: float | None, report: Report) -> Item:
-    from clipose_ros import msg_convert
-
+    rc = _ros_convert()
     (rgb_ord, rgb_rec), (depth_ord, depth_rec) = slot["rgb"], slot["depth"]
     where = (f"{path} {rgb_rec.topic} #{rgb_ord} + {depth_rec.topic} #{depth_ord} "
              f"(stamp {stamp})")
@@ -589,11 +603,11 @@ def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
         depth_msg = store.deserialize_cdr(depth_rec.raw, depth_rec.msgtype)
         info = info_for(stamp)
         try:
-            frame = msg_convert.frame_from_messages(rgb_msg, depth_msg, info)
-        except msg_convert.InputError as err:
+            frame = rc.frame_from_messages(rgb_msg, depth_msg, info)
+        except rc.InputError as err:
             raise SkipItem(f"{where}: {err}") from err
         if scale is not None:  # the user states the unit of the depth values
-            raw = msg_convert.image_to_array(depth_msg, msg_convert.DEPTH_ENCODINGS)
+            raw = rc.image_to_array(depth_msg, rc.DEPTH_ENCODINGS)
             frame.depth = depth_to_metres(raw, scale, where, report)
         else:
             frame.depth = depth_to_metres(frame.depth, 1.0, where, report)

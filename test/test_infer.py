@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import sysconfig
 import zlib
 from pathlib import Path
@@ -553,3 +555,12 @@ def test_exr_reader_on_a_file_written_by_openexr():
     png = cv2.imread(str(PYTHON_EXR / "python.png"), cv2.IMREAD_UNCHANGED)
     assert np.allclose(read_exr_depth(PYTHON_EXR / "python.exr"), png[:, :, 2] / 255.0,
                        atol=1e-3)  # R, the only default channel present
+
+
+def test_the_tool_imports_no_rclpy():
+    """Bags are read without a ROS graph: the tool and the node's converters it uses import no
+    rclpy (checked in a fresh interpreter: other suites import it in this one)."""
+    code = ("import sys; from clipose_ros import infer; infer._ros_convert(); "
+            "infer._typestore(); import clipose_ros.bag_io; "
+            "assert not [m for m in sys.modules if m.startswith('rclpy')], 'rclpy imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
