@@ -33,11 +33,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipose_ros.structures import Frame
+from clipose_ros.structures import Frame, ObjectPose
+
+if TYPE_CHECKING:
+    from clipose_ros.pipeline import PosePipeline
 
 log = logging.getLogger("clipose.infer")
 
@@ -622,7 +625,7 @@ def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
 # ---------------------------------------------------------------------------- run
 
 
-def pose_record(p) -> dict:
+def pose_record(p: ObjectPose) -> dict:
     """One object of a frame, JSON-ready: the pose convention of DESIGN.md (R, t in metres,
     size = metric box extents along the object axes) and the tracker's id."""
     return {
@@ -636,9 +639,10 @@ def pose_record(p) -> dict:
     }
 
 
-def run_inference(items: Iterable[Item], pipeline, out: Path, overlay_every: int = 10,
-                  report: Report | None = None, total: int | None = None,
-                  progress: bool = True, max_frames: int | None = None) -> dict:
+def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Path,
+                  overlay_every: int = 10, report: Report | None = None,
+                  total: int | None = None, progress: bool = True,
+                  max_frames: int | None = None) -> dict:
     """Process ``items`` in order with ``pipeline``; write poses.jsonl, overlays and
     summary.json under ``out``; returns the summary. A bad item is reported and skipped."""
     from tqdm import tqdm
