@@ -814,9 +814,14 @@ def build_items(args: argparse.Namespace, K: Intrinsics | None,
         items: list[Item] = []
         for folder in args.folder:
             try:
-                items += folder_items(folder, K, args.depth_scale, report)
+                found = folder_items(folder, K, args.depth_scale, report)
             except (SourceError, ValueError) as err:
                 report.problem(str(folder), str(err))
+                continue
+            if len(args.folder) > 1:  # names unique across the folders (overlay file names)
+                for item in found:
+                    item.name = f"{Path(folder).resolve().name}_{item.name}"
+            items += found
         return iter(items), len(items)
     topics = (
         (args.rgb_topic,) if args.rgb_topic else DEFAULT_RGB_TOPICS,
