@@ -27,10 +27,13 @@ from clipose_ros.infer import (
     DEFAULT_DEPTH_TOPICS,
     DEFAULT_INFO_TOPICS,
     DEFAULT_RGB_TOPICS,
+    Report,
+    build_items,
     depth_to_metres,
     load_camera_info_yaml,
     main,
     pair_by_stamp,
+    parse_args,
 )
 from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS, resolve_model_path
 from clipose_ros.pipeline import build_pipeline
@@ -564,3 +567,18 @@ def test_the_tool_imports_no_rclpy():
             "infer._typestore(); import clipose_ros.bag_io; "
             "assert not [m for m in sys.modules if m.startswith('rclpy')], 'rclpy imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_several_folders_keep_frame_names_apart_and_a_missing_one_is_named(generated, tmp_path):
+    data, prefixes, _ = generated
+    copy = tmp_path / "copy"
+    shutil.copytree(data / prefixes[0].parent.name, copy / prefixes[0].parent.name)
+    report = Report()
+    args = parse_args(["--folder", str(data), "--folder", str(copy), "--folder",
+                       str(tmp_path / "gone")])
+    items, total = build_items(args, None, report)
+    names = [item.name for item in items]
+    assert total == len(names) == 6 + 3 and len(set(names)) == len(names)
+    assert names[0] == f"test_{prefixes[0].parent.name}_{prefixes[0].name}"
+    assert report.problems == [{"where": str(tmp_path / "gone"),
+                                "message": f"folder {tmp_path / 'gone'} does not exist"}]
