@@ -569,12 +569,13 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
     pair_stamps = [rgb[i][0] for i, _ in pairs]
     name = path.name if path.is_dir() else path.stem
 
-    def info_for(stamp: int):
+    def info_for(stamp: int, rgb_msg: Any):
         if K is not None:
-            k = K.K.ravel().tolist()
-            w, h = K.size or (0, 0)
-            return SimpleNamespace(k=k, width=w, height=h,
-                                   header=SimpleNamespace(frame_id=K.origin))
+            # Given intrinsics as a camera_info of the colour camera: its frame, and the size
+            # they were calibrated for (the image's own when unknown), as the checks expect.
+            w, h = K.size or (int(rgb_msg.width), int(rgb_msg.height))
+            return SimpleNamespace(k=K.K.ravel().tolist(), width=w, height=h,
+                                   header=SimpleNamespace(frame_id=rgb_msg.header.frame_id))
         return info_by_topic[_nearest(info_stamps, stamp)][1]
 
     def items() -> Iterator[Item]:
@@ -604,7 +605,7 @@ def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
     def load() -> Frame:
         rgb_msg = store.deserialize_cdr(rgb_rec.raw, rgb_rec.msgtype)
         depth_msg = store.deserialize_cdr(depth_rec.raw, depth_rec.msgtype)
-        info = info_for(stamp)
+        info = info_for(stamp, rgb_msg)
         try:
             frame = rc.frame_from_messages(rgb_msg, depth_msg, info)
         except rc.InputError as err:
