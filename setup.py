@@ -39,6 +39,7 @@ setup(
             "clipose-train = clipose_ros.train:main",
             "clipose-export = clipose_ros.model.export:main",
             "clipose-pretrain-clip = clipose_ros.clip_pretrain:main",
+            "clipose-infer = clipose_ros.infer:main",
         ],
     },
 )
