@@ -514,7 +514,7 @@ def _make_node_class():
             with self._stats_lock:
                 self.counts["stamp_out_of_tolerance"] += 1
             where = "behind" if age > 0 else "ahead of"
-            self.warn("stamp", (
+            self.warn("stamp_tolerance", (
                 f"{rc.describe('rgb', self.topics)}: stamp {stamp_ns / 1e9:.3f} is "
                 f"{abs(age):.1f} s ({abs(age) / 3600:.2f} h) {where} the node's clock (more "
                 f"than stamp_tolerance={tolerance} s): a bag played without --clock and "
