@@ -349,3 +349,29 @@ def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeyp
     assert log.lines[-1] == ("warning", "bad encoding (3 more like it since the last message)")
     warn("exception", "boom", "error")
     assert log.lines[-1] == ("error", "boom")
+
+
+def test_fastdds_segment_limit_is_read_from_the_profile_in_use(tmp_path):
+    from pathlib import Path
+
+    from clipose_ros.node import fastdds_segment_limit, size_hint
+
+    shipped = str(Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": shipped}) == (
+        16 * 1024 * 1024, shipped)
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": shipped,
+                                  "RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) is None
+    assert fastdds_segment_limit({}) is None
+    udp_only = tmp_path / "udp.xml"
+    udp_only.write_text("<dds><profiles><transport_descriptors><transport_descriptor>"
+                        "<transport_id>u</transport_id><type>UDPv4</type>"
+                        "</transport_descriptor></transport_descriptors></profiles></dds>")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": str(udp_only)}) is None
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<dds><profiles>")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": str(broken)}) is None
+    limit = (16 * 1024 * 1024, shipped)
+    hint = size_hint(4000, 3000, limit)
+    assert "4000x3000 images (34.3 MiB as rgb8, 22.9 MiB as 16UC1)" in hint and shipped in hint
+    assert size_hint(2560, 1920, limit) == ""  # 14.1 MiB fits
+    assert size_hint(4000, 3000, None) == "" and size_hint(0, 0, limit) == ""
