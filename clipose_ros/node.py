@@ -4,7 +4,9 @@ A thin shell around :class:`clipose_ros.pipeline.PosePipeline`:
 
 - inputs: RGB, depth and camera_info, synchronised by stamp (approximate, ``sync_slop``),
   sensor-data QoS unless ``reliable_qos``; each set is checked (sizes, frame ids, encodings,
-  buffers, intrinsics, usable depth) and a bad one is refused with a throttled warning saying why;
+  buffers, stamps, intrinsics, usable depth in plausible units) and a bad one is refused with a
+  throttled warning that names the stream and says why; a message that never makes a set is
+  counted and reported, and so is a stamp far from the node's clock (kept out of the latency);
 - perception runs on a worker thread fed by a one-slot "latest set" buffer: while the model is
   busy, older sets are replaced (and counted as dropped), so latency never piles up;
 - outputs carry the input image's header; TF child frames are ``<frame_prefix><class>_<id>`` with
@@ -85,6 +87,12 @@ POSE_NODE_PARAMS: tuple[Param, ...] = (
           "effort)", read_only=True),
     Param("sync_slop", 0.05, "Largest stamp difference (s) within one RGB/depth/info set",
           0.0, 5.0, read_only=True),
+    Param("depth_scale", 0.0, "Metres per depth unit; 0: by encoding (16UC1 millimetres, 32FC1 "
+          "metres). Set it for a driver that breaks the convention, e.g. 0.001 for 32FC1 "
+          "millimetres", 0.0, 1000.0),
+    Param("stamp_tolerance", 5.0, "Largest difference (s) between an input stamp and the node's "
+          "clock; beyond it the set is reported and left out of the latency statistic", 0.1,
+          1e9),
     Param("sync_queue_size", 10, "Messages kept per input topic for synchronisation", 1, 1000,
           read_only=True),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages", 0.1, 60.0,
@@ -239,6 +247,56 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(list(values), q)) if len(values) else float("nan")
 
 
+STREAMS = ("rgb", "depth", "camera_info")
+# Bytes per pixel of the smallest encoding each image stream accepts (rgb8, 16UC1).
+MIN_BYTES_PER_PIXEL = {"rgb": 3, "depth": 2}
+PENDING_TIMEOUT_S = 2.0  # an input message unmatched this long is reported as unsynchronised
+
+
+def fastdds_segment_limit(env: dict[str, str] | None = None) -> tuple[int, str] | None:
+    """(bytes, profile file) of the largest Fast DDS shared-memory segment the profile in
+    ``FASTDDS_DEFAULT_PROFILES_FILE`` sets, or None (another RMW, no profile, no SHM segment).
+
+    A sample larger than the segment does not travel between processes on one machine, so the
+    node can say why images never arrive when camera_info announces bigger ones.
+    """
+    import xml.etree.ElementTree as ET
+
+    env = os.environ if env is None else env
+    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return None
+    path = env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        return None
+    sizes = []
+    for descriptor in root.iter():
+        if not descriptor.tag.endswith("transport_descriptor"):
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "").strip() for child in descriptor}
+        if fields.get("type") == "SHM" and fields.get("segment_size", "").isdigit():
+            sizes.append(int(fields["segment_size"]))
+    return (max(sizes), path) if sizes else None
+
+
+def size_hint(width: int, height: int, limit: tuple[int, str] | None) -> str:
+    """Why RGB/depth may never arrive: camera_info announces images beyond the DDS limit."""
+    if limit is None or not width or not height:
+        return ""
+    rgb_bytes = MIN_BYTES_PER_PIXEL["rgb"] * width * height
+    if MIN_BYTES_PER_PIXEL["depth"] * width * height <= limit[0] and rgb_bytes <= limit[0]:
+        return ""
+    mib = 1024 * 1024
+    return (f"; camera_info announces {width}x{height} images ({rgb_bytes / mib:.1f} MiB as "
+            f"rgb8, {2 * width * height / mib:.1f} MiB as 16UC1), more than the "
+            f"{limit[0] / mib:.1f} MiB shared-memory segment of the Fast DDS profile {limit[1]}: "
+            "such images do not arrive between processes (raise segment_size there, or lower "
+            "the camera resolution)")
+
+
 def _make_node_class():
     """The rclpy Node subclass (built lazily so that importing this module needs no rclpy)."""
     import rclpy
@@ -295,7 +353,16 @@ def _make_node_class():
                 lambda: collections.deque(maxlen=300))
             self.counts: collections.Counter = collections.Counter()
             self.rejected: collections.Counter = collections.Counter()
+            self.unsynced: collections.Counter = collections.Counter()  # per stream
             self.last_arrival: dict[str, float] = {}
+            # Messages not yet in a synchronised set (stamp, arrival), the stamps seen lately and
+            # those already synchronised, per stream: what tells a dropped pair from a late one.
+            self._pending_lock = threading.Lock()
+            self._pending = {name: collections.deque() for name in STREAMS}
+            self._recent = {name: collections.deque(maxlen=50) for name in STREAMS}
+            self._synced = {name: collections.deque(maxlen=50) for name in STREAMS}
+            self.info_size = (0, 0)  # width, height the last camera_info announced
+            self.dds_limit = fastdds_segment_limit()
             self.last_synced = 0.0
             self.last_objects = 0
 
@@ -369,21 +436,92 @@ def _make_node_class():
                              f"from it: {hint}")
 
         def _arrival(self, name: str):
-            def seen(_msg) -> None:
-                self.last_arrival[name] = time.monotonic()
+            def seen(msg) -> None:
+                now = time.monotonic()
+                self.last_arrival[name] = now
                 if name == "rgb":
                     self.in_rate.tick()
+                elif name == "camera_info":
+                    self.info_size = (int(msg.width), int(msg.height))
+                stamp = rc.stamp_to_ns(msg.header.stamp)
+                evicted = None
+                with self._pending_lock:
+                    self._recent[name].append(stamp)
+                    # message_filters may call the set's callback before this one.
+                    if stamp not in self._synced[name]:
+                        pending = self._pending[name]
+                        if len(pending) >= 1000:
+                            evicted = pending.popleft()[0]
+                        pending.append((stamp, now))
+                if evicted is not None:
+                    self._report_unsynced(name, evicted)
             return seen
+
+        def _report_unsynced(self, name: str, stamp: int) -> None:
+            """Count and (throttled) name a message that never made a set: the synchroniser
+            dropped it because no message of another stream came within sync_slop of it."""
+            with self._stats_lock:
+                self.unsynced[name] += 1
+            with self._pending_lock:
+                recent = {o: list(self._recent[o]) for o in STREAMS if o != name}
+            near = []
+            for other, stamps in recent.items():
+                label = "RGB" if other == "rgb" else other
+                if stamps:
+                    gap = min((s - stamp for s in stamps), key=abs) / 1e9
+                    near.append(f"nearest {label} {gap:+.3f} s")
+                else:
+                    near.append(f"no {label} received")
+            self.warn("unsynced", (
+                f"{rc.describe(name, self.topics)} stamped {stamp / 1e9:.3f} dropped "
+                f"unsynchronised: no complete set within sync_slop={self.params['sync_slop']} "
+                f"s ({', '.join(near)}): a message of the set was lost or late, or the streams' "
+                "stamps differ by more than sync_slop (if always, raise it to a frame period)"))
 
         def _on_synced(self, rgb, depth, info) -> None:
             """Executor thread: put the newest set in the slot (replacing an unprocessed one)."""
             self.last_synced = time.monotonic()
+            stamps = [rc.stamp_to_ns(m.header.stamp) for m in (rgb, depth, info)]
+            dropped = []
+            with self._pending_lock:
+                for name, stamp in zip(STREAMS, stamps, strict=True):
+                    self._synced[name].append(stamp)
+                    pending = self._pending[name]
+                    # The synchroniser discards what is older than the set it emits.
+                    dropped += [(name, s) for s, _ in pending if s < stamp]
+                    kept = [item for item in pending if item[0] > stamp]
+                    pending.clear()
+                    pending.extend(kept)
+            for name, stamp in dropped:
+                self._report_unsynced(name, stamp)
+            stamp_ok = self._check_stamp(stamps[0])
             with self._cond:
                 if self._slot is not None:
                     with self._stats_lock:
                         self.counts["dropped"] += 1
-                self._slot = (rgb, depth, info)
+                self._slot = (rgb, depth, info, stamp_ok)
                 self._cond.notify()
+
+        def _check_stamp(self, stamp_ns: int) -> bool:
+            """False (with a throttled warning) for a stamp far from the node's clock: such a
+            set is still processed, but its latency would ruin the /diagnostics statistic."""
+            if stamp_ns == 0:
+                return False  # refused in frame_from_messages, with its own message
+            age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
+            tolerance = self.params["stamp_tolerance"]
+            if abs(age) <= tolerance:
+                return True
+            with self._stats_lock:
+                self.counts["stamp_out_of_tolerance"] += 1
+            where = "behind" if age > 0 else "ahead of"
+            self.warn("stamp_tolerance", (
+                f"{rc.describe('rgb', self.topics)}: stamp {stamp_ns / 1e9:.3f} is "
+                f"{abs(age):.1f} s ({abs(age) / 3600:.2f} h) {where} the node's clock (more "
+                f"than stamp_tolerance={tolerance} s): a bag played without --clock and "
+                "use_sim_time, a camera clock not synchronised with this machine, or a driver "
+                "stamping with its own time base; poses are published with this stamp, its "
+                "latency is left out of /diagnostics"))
+            return False
 
         # ------------------------------------------------------------------ worker
 
@@ -402,9 +540,11 @@ def _make_node_class():
                         self.counts["failed"] += 1
                     self.warn("exception", f"frame failed: {type(err).__name__}: {err}", "error")
 
-        def _process(self, rgb_msg, depth_msg, info_msg) -> None:
+        def _process(self, rgb_msg, depth_msg, info_msg, stamp_ok: bool = True) -> None:
             try:
-                frame = rc.frame_from_messages(rgb_msg, depth_msg, info_msg)
+                frame = rc.frame_from_messages(
+                    rgb_msg, depth_msg, info_msg, depth_scale=self.params["depth_scale"],
+                    topics=self.topics)
             except rc.InputError as err:
                 with self._stats_lock:
                     self.rejected[err.kind] += 1
@@ -434,7 +574,9 @@ def _make_node_class():
                 for key, value in result.timings.items():
                     self.stage_ms[key].append(value)
                 self.stage_ms["publish_ms"].append(publish_ms)
-                self.latency_ms.append((time.time_ns() - frame.stamp_ns) / 1e6)
+                if stamp_ok:  # a stamp far off would poison the window for minutes
+                    now_ns = self.get_clock().now().nanoseconds
+                    self.latency_ms.append((now_ns - frame.stamp_ns) / 1e6)
                 self.counts["processed"] += 1
                 self.last_objects = len(result.poses)
             self.out_rate.tick()
@@ -445,6 +587,13 @@ def _make_node_class():
             DiagnosticArray, DiagnosticStatus, KeyValue = self._diag_types
             now = time.monotonic()
             level, message = DiagnosticStatus.OK, "running"
+            stale = []
+            with self._pending_lock:
+                for name, pending in self._pending.items():
+                    while pending and now - pending[0][1] > PENDING_TIMEOUT_S:
+                        stale.append((name, pending.popleft()[0]))
+            for name, stamp in stale:
+                self._report_unsynced(name, stamp)
             recent = {k for k, t in self.last_arrival.items() if now - t < 2.0}
             if not recent:
                 level, message = DiagnosticStatus.WARN, "no input"
@@ -453,6 +602,8 @@ def _make_node_class():
                 why = (f"nothing received on {', '.join(self.topics[m] for m in missing)}"
                        if missing else f"stamps never within sync_slop={self.params['sync_slop']}"
                        " s of each other")
+                if {"rgb", "depth"} & set(missing) and "camera_info" in recent:
+                    why += size_hint(*self.info_size, self.dds_limit)
                 level, message = DiagnosticStatus.WARN, f"inputs not synchronised: {why}"
                 self.warn("sync", f"no synchronised RGB/depth/camera_info set in 2 s: {why}")
             with self._stats_lock:
@@ -460,6 +611,7 @@ def _make_node_class():
                 stages = {key: list(series) for key, series in self.stage_ms.items()}
                 counts = collections.Counter(self.counts)
                 rejected = collections.Counter(self.rejected)
+                unsynced = collections.Counter(self.unsynced)
                 objects = self.last_objects
             values = {
                 "input_hz": f"{self.in_rate.rate():.2f}",
@@ -470,13 +622,17 @@ def _make_node_class():
                 "frames_dropped": str(counts["dropped"]),
                 "frames_rejected": str(sum(rejected.values())),
                 "frames_failed": str(counts["failed"]),
+                "frames_unsynced": str(unsynced["rgb"]),
+                "stamps_out_of_tolerance": str(counts["stamp_out_of_tolerance"]),
                 "debug_images": str(counts["debug_images"]),
                 "objects": str(objects),
                 "device": self.device,
                 **self.model_files,
             }
-            for kind, n in sorted(rejected.items()):
-                values[f"rejected_{kind}"] = str(n)
+            for kind in sorted(set(rc.REFUSAL_KINDS) | set(rejected)):
+                values[f"rejected_{kind}"] = str(rejected[kind])
+            for name in STREAMS:
+                values[f"unsynced_{name}"] = str(unsynced[name])
             for key, series in sorted(stages.items()):
                 values[f"{key[:-3]}_p50_ms"] = f"{percentile(series, 50):.2f}"
             status = DiagnosticStatus(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -62,6 +62,32 @@ class InputError(ValueError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+# Every ``InputError.kind`` frame_from_messages raises (the node counts each on /diagnostics).
+REFUSAL_KINDS = ("encoding", "size", "buffer", "frame_id", "intrinsics", "stamp", "depth",
+                 "depth_units")
+STREAM_LABELS = {"rgb": "RGB image", "depth": "depth image", "camera_info": "camera_info"}
+# Median depth (m) a scene seen by an RGB-D camera can have; outside it the units are wrong.
+DEPTH_PLAUSIBLE_M = (0.05, 20.0)
+# Valid 16UC1 pixels at 65535 beyond this fraction: the sensor is saturated or codes "no data".
+SATURATED_FRACTION = 0.25
+DEPTH_SAMPLES = 4096  # pixels the unit check looks at (a regular grid)
+# A principal point further than this fraction of the image size outside it is refused.
+PRINCIPAL_POINT_MARGIN = 0.1
+
+
+def describe(stream: str, topics: Mapping[str, str] | None = None, frame_id: str | None = None
+             ) -> str:
+    """``'depth image on /cam/depth (frame 'x')'``: the words every refusal starts with, so that
+    the user knows which stream is broken even when RGB and depth share a frame id."""
+    text = STREAM_LABELS.get(stream, stream)
+    topic = (topics or {}).get(stream)
+    if topic:
+        text += f" on {topic}"
+    if frame_id:
+        text += f" (frame {frame_id!r})"
+    return text
 
 
 # ---------------------------------------------------------------------------- time and frames
@@ -122,9 +148,13 @@ def pose_from_message(pose: Pose) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------- images in
 
 
-def image_to_array(msg: Image, allowed: Sequence[str]) -> np.ndarray:
-    """(H, W[, C]) view of an Image's pixels, after checking everything a bad message breaks."""
-    name = "image" if not msg.header.frame_id else f"image in frame {msg.header.frame_id!r}"
+def image_to_array(msg: Image, allowed: Sequence[str], name: str | None = None) -> np.ndarray:
+    """(H, W[, C]) view of an Image's pixels, after checking everything a bad message breaks.
+
+    ``name`` starts every refusal message (default: the image and its frame id).
+    """
+    if name is None:
+        name = "image" if not msg.header.frame_id else f"image in frame {msg.header.frame_id!r}"
     if msg.encoding not in allowed:
         raise InputError(
             "encoding", f"{name}: encoding {msg.encoding!r} is not supported here "
@@ -150,27 +180,93 @@ def image_to_array(msg: Image, allowed: Sequence[str]) -> np.ndarray:
     return arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
 
 
-def rgb_from_image(msg: Image) -> np.ndarray:
+def rgb_from_image(msg: Image, name: str | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) from an rgb8 or bgr8 Image."""
-    arr = image_to_array(msg, RGB_ENCODINGS)
+    arr = image_to_array(msg, RGB_ENCODINGS, name)
     # A contiguous copy for bgr8: OpenCV and torch refuse or copy negative-stride views anyway.
     return np.ascontiguousarray(arr[:, :, ::-1]) if msg.encoding == "bgr8" else arr
 
 
-def depth_from_image(msg: Image) -> np.ndarray:
-    """Depth in metres (float32, 0 = invalid) from 16UC1/mono16 millimetres or 32FC1 metres."""
-    arr = image_to_array(msg, DEPTH_ENCODINGS)
+def default_depth_scale(encoding: str) -> float:
+    """Metres per depth unit the ROS convention gives an encoding (REP 118: 16UC1 mm, 32FC1 m)."""
+    return 1.0 if encoding == "32FC1" else 0.001
+
+
+def _depth_metres(arr: np.ndarray, scale: float) -> np.ndarray:
     if arr.dtype == np.uint16:
-        return arr.astype(np.float32) * np.float32(0.001)
+        return arr.astype(np.float32) * np.float32(scale)
     depth = arr.astype(np.float32, copy=True)
     depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    if scale != 1.0:
+        depth *= np.float32(scale)
     return depth
 
 
-def intrinsics_from_camera_info(msg: CameraInfo) -> np.ndarray:
-    """K (3x3) from a CameraInfo, refused when it cannot be a pinhole camera."""
+def depth_from_image(msg: Image, scale: float = 0.0, name: str | None = None) -> np.ndarray:
+    """Depth in metres (float32, 0 = invalid) from 16UC1/mono16 millimetres or 32FC1 metres;
+    ``scale`` > 0 replaces the encoding's metres per unit (drivers that break the convention)."""
+    arr = image_to_array(msg, DEPTH_ENCODINGS, name)
+    return _depth_metres(arr, scale or default_depth_scale(msg.encoding))
+
+
+def check_depth_units(raw: np.ndarray, encoding: str, scale: float, where: str) -> int:
+    """Refuse depth whose median cannot be a scene in metres: wrong units or saturation.
+
+    Looks at a grid of about :data:`DEPTH_SAMPLES` pixels (all valid pixels when the grid
+    holds few), so it costs a fraction of a millisecond at 640x480. ``raw`` is in the message's
+    own units, ``scale`` the metres per unit in use, ``where`` names the topic. Returns the
+    number of valid pixels looked at: 0 when the image has none (the caller refuses that).
+    """
+    step = max(1, int(np.sqrt(raw.size / DEPTH_SAMPLES)))
+    sample = raw[::step, ::step]
+    integer = raw.dtype == np.uint16
+    valid = sample[sample > 0] if integer else sample[np.isfinite(sample) & (sample > 0)]
+    if valid.size < 50:  # sparse depth: the grid misses it
+        valid = raw[raw > 0] if integer else raw[np.isfinite(raw) & (raw > 0)]
+        if not valid.size:
+            return 0
+    if integer:
+        saturated = np.count_nonzero(valid == 65535) / valid.size
+        if saturated > SATURATED_FRACTION:
+            raise InputError(
+                "depth_units", f"depth on {where} ({encoding}): {100 * saturated:.0f} % of "
+                "the valid pixels read 65535, the largest 16-bit value: the sensor is "
+                "saturated or the driver codes 'no data' as 65535 (it should publish 0), or its "
+                "depth unit is too fine for the range; check the driver's depth units and range "
+                "settings"
+            )
+    median = float(np.median(valid))
+    metres = median * scale
+    low, high = DEPTH_PLAUSIBLE_M
+    if low <= metres <= high:
+        return int(valid.size)
+    plausible = f"plausible {low:g} .. {high:g} m"
+    if metres > high and low <= median * 0.001 <= high:
+        hint = ("values look like millimetres; set depth_scale:=0.001 or publish metres"
+                if encoding == "32FC1" and scale == 1.0 else
+                f"values look like millimetres read with depth_scale {scale:g}; set "
+                "depth_scale:=0.001")
+    elif metres < low and integer and low <= median <= high:
+        hint = (f"raw median {median:g}: values look like metres, but {encoding} depth holds "
+                "millimetres (metres in a 16-bit integer lose everything below 1 m); publish "
+                "millimetres or 32FC1 metres")
+    else:
+        hint = f"check the depth units (depth_scale is {scale:g} m per unit here)"
+    raise InputError(
+        "depth_units", f"depth median {metres:.4g} m on {where} ({encoding}), outside the "
+        f"{plausible}: {hint}"
+    )
+
+
+def intrinsics_from_camera_info(
+    msg: CameraInfo, width: int | None = None, height: int | None = None,
+    where: str | None = None,
+) -> np.ndarray:
+    """K (3x3) from a CameraInfo, refused when it cannot be a pinhole camera (or, given the
+    image size, when its principal point lies far outside that image)."""
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    where = f"camera_info (frame {msg.header.frame_id!r})"
+    if where is None:
+        where = f"camera_info (frame {msg.header.frame_id!r})"
     if not np.all(np.isfinite(K)):
         raise InputError("intrinsics", f"{where}: K has non-finite entries {K.ravel().tolist()}")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
@@ -180,43 +276,86 @@ def intrinsics_from_camera_info(msg: CameraInfo) -> np.ndarray:
         )
     if K[2, 2] != 1.0 or K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0:
         raise InputError("intrinsics", f"{where}: K is not a pinhole matrix: {K.ravel().tolist()}")
+    if width and height:
+        m = PRINCIPAL_POINT_MARGIN
+        cx, cy = K[0, 2], K[1, 2]
+        if not (-m * width <= cx <= (1 + m) * width and -m * height <= cy <= (1 + m) * height):
+            raise InputError(
+                "intrinsics", f"{where}: principal point (cx={cx:g}, cy={cy:g}) lies far outside "
+                f"the {width}x{height} image: K belongs to another resolution or is filled in "
+                "the wrong order (K is row-major: fx 0 cx 0 fy cy 0 0 1)"
+            )
     return K
 
 
-def frame_from_messages(rgb_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Frame:
+def frame_from_messages(
+    rgb_msg: Image, depth_msg: Image, info_msg: CameraInfo, *, depth_scale: float = 0.0,
+    topics: Mapping[str, str] | None = None,
+) -> Frame:
     """One checked :class:`Frame` from a synchronised RGB / depth / camera_info set.
 
-    Raises :class:`InputError` saying why when sizes, frame ids, encodings, buffers or
-    intrinsics disagree, or when the depth image has no valid pixel at all.
+    Raises :class:`InputError` saying why, and naming the stream (``topics`` maps rgb, depth,
+    camera_info to topic names), when sizes, frame ids, encodings, buffers, stamps or
+    intrinsics disagree, when the depth has no valid pixel, or when its median is not a
+    plausible distance in metres (:func:`check_depth_units`). ``depth_scale`` > 0 replaces
+    the depth encoding's metres per unit.
     """
+    rgb_id, depth_id, info_id = (m.header.frame_id for m in (rgb_msg, depth_msg, info_msg))
+    rgb_name = describe("rgb", topics, rgb_id)
+    depth_name = describe("depth", topics, depth_id)
+    info_name = describe("camera_info", topics, info_id)
+    for name, frame_id in ((rgb_name, rgb_id), (depth_name, depth_id)):
+        if not frame_id.strip():
+            raise InputError(
+                "frame_id", f"{name}: empty header.frame_id: the poses, TF and markers would "
+                "carry frame_id '', which tf2 rejects; set the camera driver's frame id (e.g. "
+                "camera_color_optical_frame)"
+            )
     if (rgb_msg.height, rgb_msg.width) != (depth_msg.height, depth_msg.width):
         raise InputError(
             "size", f"RGB is {rgb_msg.width}x{rgb_msg.height} but depth is "
-            f"{depth_msg.width}x{depth_msg.height}: depth must be registered to the colour image"
+            f"{depth_msg.width}x{depth_msg.height}: depth must be registered to the colour image "
+            f"({rgb_name}; {depth_name})"
         )
-    if rgb_msg.header.frame_id != depth_msg.header.frame_id:
+    if rgb_id != depth_id:
         raise InputError(
-            "frame_id", f"RGB frame {rgb_msg.header.frame_id!r} and depth frame "
-            f"{depth_msg.header.frame_id!r} differ: use depth aligned to the colour camera"
+            "frame_id", f"RGB frame {rgb_id!r} and depth frame {depth_id!r} differ: use depth "
+            f"aligned to the colour camera ({describe('rgb', topics)}; "
+            f"{describe('depth', topics)})"
         )
-    if info_msg.width and info_msg.height and (info_msg.height, info_msg.width) != (
-        rgb_msg.height, rgb_msg.width
-    ):
+    if info_id != rgb_id:
+        raise InputError(
+            "frame_id", f"{info_name}: frame {info_id!r} differs from the images' frame "
+            f"{rgb_id!r}: use the camera_info of the colour camera the depth is aligned to"
+        )
+    if not info_msg.width or not info_msg.height:
+        raise InputError(
+            "size", f"{info_name}: width x height is {info_msg.width}x{info_msg.height}: the "
+            "driver does not say which resolution K belongs to (fill width and height)"
+        )
+    if (info_msg.height, info_msg.width) != (rgb_msg.height, rgb_msg.width):
         raise InputError(
             "size", f"camera_info is for {info_msg.width}x{info_msg.height} images but RGB is "
-            f"{rgb_msg.width}x{rgb_msg.height}"
+            f"{rgb_msg.width}x{rgb_msg.height} ({info_name}; {rgb_name})"
         )
-    K = intrinsics_from_camera_info(info_msg)
-    rgb = rgb_from_image(rgb_msg)
-    depth = depth_from_image(depth_msg)
-    if not np.any(depth > 0):
+    stamp_ns = stamp_to_ns(rgb_msg.header.stamp)
+    if stamp_ns == 0:
         raise InputError(
-            "depth", f"depth ({depth_msg.encoding}) has no valid pixel: all zero or non-finite"
+            "stamp", f"{rgb_name}: header.stamp is 0 (never set): outputs and TF would carry "
+            "stamp 0; make the driver stamp its messages"
         )
-    return Frame(
-        rgb=rgb, depth=depth, K=K, stamp_ns=stamp_to_ns(rgb_msg.header.stamp),
-        frame_id=rgb_msg.header.frame_id,
-    )
+    K = intrinsics_from_camera_info(info_msg, rgb_msg.width, rgb_msg.height, info_name)
+    rgb = rgb_from_image(rgb_msg, rgb_name)
+    raw = image_to_array(depth_msg, DEPTH_ENCODINGS, depth_name)
+    scale = depth_scale or default_depth_scale(depth_msg.encoding)
+    where = (topics or {}).get("depth") or "the depth topic"
+    if not check_depth_units(raw, depth_msg.encoding, scale, where):
+        raise InputError(
+            "depth", f"depth ({depth_msg.encoding}) has no valid pixel: all zero or non-finite "
+            f"({depth_name})"
+        )
+    depth = _depth_metres(raw, scale)
+    return Frame(rgb=rgb, depth=depth, K=K, stamp_ns=stamp_ns, frame_id=rgb_id)
 
 
 # ---------------------------------------------------------------------------- images out

@@ -31,11 +31,13 @@ ARGUMENTS = {
     "score_threshold": ("0.5", "Minimum segmentation score"),
     "min_points": ("50", "Fewest mask pixels with valid depth for a pose"),
     "frame_prefix": ("clipose/", "Prefix of the object TF frames"),
+    "depth_scale": ("0.0", "Metres per depth unit; 0.0: by encoding (16UC1 mm, 32FC1 m), e.g. "
+                    "0.001 for a driver publishing 32FC1 millimetres (write a float)"),
     "use_synthetic_camera": ("true", "Start the synthetic camera (rendered scenes) as input"),
     "use_rviz": ("false", "Start RViz with config/clipose.rviz"),
 }
 NODE_PARAMETERS = ("pose_model", "segmenter_weights", "device", "score_threshold",
-                   "min_points", "frame_prefix")
+                   "min_points", "frame_prefix", "depth_scale")
 TOPIC_REMAPS = {
     "rgb_topic": "camera/color/image_raw",
     "depth_topic": "camera/aligned_depth_to_color/image_raw",

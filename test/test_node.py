@@ -57,8 +57,16 @@ def scenes(tmp_path_factory) -> Path:
                          max_objects=4)
 
 
+def child_env() -> dict[str, str]:
+    """DDS settings, and this source tree first on the path: node_doubles.py runs as a script,
+    so without it the node would import whichever clipose_ros the venv has installed."""
+    env = ros_environment(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def start(cmd: list[str], log: Path) -> NodeProcess:
-    return NodeProcess(cmd, log, ros_environment(os.environ))
+    return NodeProcess(cmd, log, child_env())
 
 
 def ros_args(params: dict, namespace: str = "") -> list[str]:
@@ -276,6 +284,9 @@ def test_shipped_models_meet_the_issues_bar(shipped):
 
 
 BAD_NS = "/bad"
+BAD_TOPICS = {"rgb": f"{BAD_NS}/camera/color/image_raw",
+              "depth": f"{BAD_NS}/camera/aligned_depth_to_color/image_raw",
+              "info": f"{BAD_NS}/camera/color/camera_info"}
 
 
 @pytest.fixture(scope="class")
@@ -294,11 +305,9 @@ def bench(ros, scenes, tmp_path_factory):
         durability=DurabilityPolicy.TRANSIENT_LOCAL))
     rec.listen("diag", DiagnosticArray, "/diagnostics", 10)
     pubs = {
-        "rgb": rec.node.create_publisher(Image, f"{BAD_NS}/camera/color/image_raw", 10),
-        "depth": rec.node.create_publisher(
-            Image, f"{BAD_NS}/camera/aligned_depth_to_color/image_raw", 10),
-        "info": rec.node.create_publisher(
-            CameraInfo, f"{BAD_NS}/camera/color/camera_info", 10),
+        "rgb": rec.node.create_publisher(Image, BAD_TOPICS["rgb"], 10),
+        "depth": rec.node.create_publisher(Image, BAD_TOPICS["depth"], 10),
+        "info": rec.node.create_publisher(CameraInfo, BAD_TOPICS["info"], 10),
     }
     frame = load_frames(scenes)[0]
     try:
@@ -314,10 +323,12 @@ class TestBadInput:
     """Each bad set: the node stays up, says why on /rosout, and handles the next good set."""
 
     @staticmethod
-    def send(bench, rgb=None, depth=None, info=None, skip=()) -> int:
-        """Publish one set (defaults: the good frame); returns its stamp."""
+    def send(bench, rgb=None, depth=None, info=None, skip=(), stamp_ns=None, frame_ids=None,
+             offsets=None) -> int:
+        """Publish one set (defaults: the good frame, stamped now, in the camera's frame);
+        ``frame_ids`` / ``offsets`` (ns) change one message's header; returns the set's stamp."""
         f = bench["frame"]
-        stamp_ns = time.time_ns()
+        stamp_ns = time.time_ns() if stamp_ns is None else stamp_ns
         header = Header(frame_id="camera_color_optical_frame", stamp=rc.ns_to_stamp(stamp_ns))
         msgs = {
             "rgb": rgb or rc.image_message(f.rgb, "rgb8", header),
@@ -325,7 +336,9 @@ class TestBadInput:
             "info": info or rc.camera_info_message(f.K, 640, 480, header),
         }
         for key, msg in msgs.items():
-            msg.header = header
+            msg.header = Header(
+                frame_id=(frame_ids or {}).get(key, header.frame_id),
+                stamp=rc.ns_to_stamp(stamp_ns + (offsets or {}).get(key, 0)))
             if key not in skip:
                 bench["pubs"][key].publish(msg)
         return stamp_ns
@@ -357,6 +370,40 @@ class TestBadInput:
         self.recovers(bench)
         return said
 
+    def refused(self, bench, words: str, stream: str, **kwargs) -> str:
+        """A bad set: the specific message, naming the broken stream's topic; no output for it;
+        the next good set processed."""
+        time.sleep(0.6)  # past warn_throttle
+        since = time.time()
+        stamp = self.send(bench, **kwargs)
+        said = self.node_says(bench, words, since)
+        assert BAD_TOPICS[stream] in said, said
+        self.recovers(bench)  # reliable and in order: an output of the bad set came before
+        assert not self.outputs(bench, stamp), f"output published for the refused set: {said}"
+        return said
+
+    def diagnostics(self, bench, after: float = 0.0) -> dict[str, str]:
+        """The values of the newest /diagnostics status of /bad/pose_node stamped after
+        ``after`` (wall time, s)."""
+        def newest():
+            for m in reversed(bench["rec"].get("diag")):
+                if m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 < after:
+                    break
+                for status in m.status:
+                    if status.name.startswith(f"{BAD_NS}/pose_node"):
+                        return {kv.key: kv.value for kv in status.values}
+            return None
+        return bench["rec"].wait_for(newest, 10, "diagnostics", (bench["node"],))
+
+    def set_param(self, bench, name, value):
+        from rclpy.parameter import Parameter
+        from rclpy.parameter_client import AsyncParameterClient
+
+        client = AsyncParameterClient(bench["rec"].node, f"{BAD_NS}/pose_node")
+        future = client.set_parameters([Parameter(name, value=value)])
+        bench["rec"].wait_for(future.done, 10, f"setting {name}", (bench["node"],))
+        return future.result().results[0]
+
     def images(self, bench):
         f = bench["frame"]
         header = Header()
@@ -376,12 +423,15 @@ class TestBadInput:
     def test_unknown_encoding(self, bench):
         rgb, _, _ = self.images(bench)
         rgb.encoding = "yuv422"
-        self.bad_case(bench, "encoding 'yuv422' is not supported", rgb=rgb)
+        said = self.bad_case(bench, "encoding 'yuv422' is not supported", rgb=rgb)
+        assert BAD_TOPICS["rgb"] in said, said
 
     def test_truncated_buffer(self, bench):
         _, depth, _ = self.images(bench)
         depth.data = bytes(depth.data)[: len(depth.data) // 2]
-        self.bad_case(bench, "truncated or padded", depth=depth)
+        said = self.bad_case(bench, "truncated or padded", depth=depth)
+        # RGB and depth share the frame id: only the topic says which stream is broken.
+        assert BAD_TOPICS["depth"] in said and BAD_TOPICS["rgb"] not in said, said
 
     def test_all_zero_depth(self, bench):
         depth = rc.image_message(np.zeros((480, 640), np.uint16), "16UC1", Header())
@@ -490,12 +540,131 @@ class TestBadInput:
         assert bench["node"].alive()
 
 
+    # ------------------------------------------------------------ input sanity (issue 21)
+
+    def test_32fc1_depth_in_millimetres_is_refused(self, bench):
+        depth = rc.image_message(bench["frame"].depth_mm.astype(np.float32), "32FC1", Header())
+        said = self.refused(bench, "values look like millimetres; set depth_scale:=0.001",
+                            "depth", depth=depth)
+        assert "depth median" in said and "(32FC1)" in said
+
+    def test_16uc1_depth_in_metres_is_refused(self, bench):
+        metres = np.round(bench["frame"].depth_mm / 1000.0).astype(np.uint16)
+        depth = rc.image_message(metres, "16UC1", Header())
+        said = self.refused(bench, "values look like metres", "depth", depth=depth)
+        assert "(16UC1)" in said
+
+    def test_saturated_16uc1_depth_is_refused(self, bench):
+        depth = rc.image_message(np.full((480, 640), 65535, np.uint16), "16UC1", Header())
+        self.refused(bench, "100 % of the valid pixels read 65535", "depth", depth=depth)
+
+    def test_depth_scale_reads_a_driver_that_publishes_32fc1_millimetres(self, bench):
+        f = bench["frame"]
+        try:
+            assert self.set_param(bench, "depth_scale", 0.001).successful
+            depth = rc.image_message(f.depth_mm.astype(np.float32), "32FC1", Header())
+            stamp = self.send(bench, depth=depth)
+            out = bench["rec"].wait_for(lambda: self.outputs(bench, stamp), 15,
+                                        "detections from 32FC1 millimetres with depth_scale",
+                                        (bench["node"],))
+            zs = [d.results[0].pose.pose.position.z for d in out[0].detections]
+            assert len(zs) >= 2 and all(0.2 < z < 3.0 for z in zs), zs
+        finally:
+            assert self.set_param(bench, "depth_scale", 0.0).successful
+        assert not self.set_param(bench, "depth_scale", -1.0).successful  # range holds
+        self.recovers(bench)
+
+    def test_stamp_zero_is_refused(self, bench):
+        self.refused(bench, "header.stamp is 0", "rgb", stamp_ns=0)
+
+    def test_stamps_far_from_the_clock_are_reported_and_kept_out_of_the_latency(self, bench):
+        day = 86_400 * 10**9
+        for offset, words in ((-day, "s (24.00 h) behind the node's clock"),
+                              (3600 * 10**9, "s (1.00 h) ahead of the node's clock"),
+                              (-2 * day, "s (48.00 h) behind the node's clock")):
+            time.sleep(0.6)
+            since = time.time()
+            stamp = self.send(bench, stamp_ns=time.time_ns() + offset)
+            said = self.node_says(bench, words, since)
+            assert BAD_TOPICS["rgb"] in said and "stamp_tolerance=5.0" in said, said
+            # Processed (a replayed bag still gets its poses), with the set's own stamp.
+            bench["rec"].wait_for(lambda s=stamp: self.outputs(bench, s), 15,
+                                  "the far-stamped set's output", (bench["node"],))
+        for _ in range(3):
+            self.recovers(bench)
+        diag = self.diagnostics(bench, after=time.time())
+        assert int(diag["stamps_out_of_tolerance"]) >= 3, diag
+        # A day's "latency" in the window would read 8.6e7 ms (the issue: 14 years).
+        assert 0 < float(diag["latency_p95_ms"]) < 10_000, diag
+
+    def test_empty_frame_id_is_refused(self, bench):
+        empty = {"rgb": "", "depth": "", "info": ""}
+        said = self.refused(bench, "empty header.frame_id", "rgb", frame_ids=empty)
+        assert "tf2 rejects" in said
+
+    def test_camera_info_of_another_frame_is_refused(self, bench):
+        said = self.refused(bench, "differs from the images' frame", "info",
+                            frame_ids={"info": "camera_depth_optical_frame"})
+        assert "'camera_depth_optical_frame'" in said
+
+    def test_camera_info_without_size_is_refused(self, bench):
+        _, _, info = self.images(bench)
+        info.width = info.height = 0
+        self.refused(bench, "width x height is 0x0", "info", info=info)
+
+    def test_principal_point_far_outside_the_image_is_refused(self, bench):
+        _, _, info = self.images(bench)
+        k = list(info.k)
+        k[2], k[5] = 1900.0, 240.0  # K of a wider image
+        info.k = k
+        self.refused(bench, "principal point (cx=1900, cy=240) lies far outside the 640x480",
+                     "info", info=info)
+
+    def test_a_pair_too_far_apart_to_sync_is_counted_and_reported(self, bench):
+        before = int(self.diagnostics(bench)["unsynced_depth"])
+        time.sleep(4.0)  # no other depth within 3 s of the next set's stamp
+        said = self.refused(bench, "dropped unsynchronised", "rgb", offsets={"depth": -3 * 10**9})
+        assert "nearest depth -3.000 s" in said and "sync_slop=0.01" in said, said
+        diag = self.diagnostics(bench, after=time.time())
+        assert int(diag["unsynced_depth"]) > before and int(diag["frames_unsynced"]) >= 1, diag
+
+    def test_images_beyond_the_dds_segment_are_named_when_nothing_arrives(self, bench):
+        big = rc.camera_info_message(bench["frame"].K * [[6.25], [6.25], [1]], 4000, 3000,
+                                     Header())
+        time.sleep(2.2)  # the last images age past the 2 s window
+        since = time.time()
+        for _ in range(12):
+            self.send(bench, info=big, skip=("rgb", "depth"))
+            time.sleep(0.25)
+        said = self.node_says(bench, "camera_info announces 4000x3000 images", since)
+        missing = said.split("nothing received on ", 1)[1].split(";")[0]
+        assert set(missing.split(", ")) == {BAD_TOPICS["rgb"], BAD_TOPICS["depth"]}, said
+        assert "34.3 MiB as rgb8" in said and "16.0 MiB shared-memory segment" in said, said
+        assert "fastdds_large_images.xml" in said, said
+        self.recovers(bench)
+
+    def test_diagnostics_count_every_kind_of_refusal_and_drop(self, bench):
+        diag = self.diagnostics(bench, after=time.time())
+        for kind in rc.REFUSAL_KINDS:
+            assert f"rejected_{kind}" in diag, kind
+        for key in ("frames_dropped", "frames_failed", "frames_unsynced", "unsynced_rgb",
+                    "unsynced_depth", "unsynced_camera_info", "stamps_out_of_tolerance"):
+            assert key in diag, key
+        # What the cases above sent (this class runs in order, on one node).
+        assert int(diag["rejected_depth_units"]) >= 3, diag
+        assert int(diag["rejected_frame_id"]) >= 2, diag
+        assert int(diag["rejected_stamp"]) >= 1 and int(diag["rejected_buffer"]) >= 1, diag
+        assert int(diag["rejected_intrinsics"]) >= 2 and int(diag["rejected_size"]) >= 2, diag
+        assert int(diag["frames_rejected"]) == sum(
+            int(diag[f"rejected_{kind}"]) for kind in rc.REFUSAL_KINDS), diag
+
+
 # ---------------------------------------------------------------------------- start-up checks
 
 
 def run_until_exit(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=ros_environment(os.environ))
+                          env=child_env())
 
 
 @pytest.mark.parametrize(

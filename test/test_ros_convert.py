@@ -111,6 +111,129 @@ def test_size_mismatch_and_unusable_depth_are_refused():
     assert (depth[:2, :10] == 0).all() and np.allclose(depth[2:], 0.9)
 
 
+TOPICS = {"rgb": "/cam/color/image_raw", "depth": "/cam/aligned_depth_to_color/image_raw",
+          "camera_info": "/cam/color/camera_info"}
+
+
+def same_header(*msgs):
+    for m in msgs:
+        m.header = Header(frame_id=HEADER.frame_id, stamp=HEADER.stamp)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kind", "stream", "words"),
+    [
+        (lambda r, d, i: setattr(d, "data", bytes(d.data)[:-100]), "buffer", "depth",
+         "truncated"),
+        (lambda r, d, i: setattr(r, "data", bytes(r.data)[:-100]), "buffer", "rgb", "truncated"),
+        (lambda r, d, i: setattr(d, "encoding", "8UC1"), "encoding", "depth", "8UC1"),
+        (lambda r, d, i: setattr(i, "k", [0.0] * 9), "intrinsics", "camera_info", "fx=0.0"),
+        (lambda r, d, i: setattr(i, "width", 640), "size", "camera_info", "640x48"),
+        (lambda r, d, i: setattr(d.header, "frame_id", "depth_optical"), "frame_id", "depth",
+         "'depth_optical' differ"),
+        (lambda r, d, i: setattr(r.header, "frame_id", ""), "frame_id", "rgb",
+         "empty header.frame_id"),
+        (lambda r, d, i: setattr(d.header, "frame_id", ""), "frame_id", "depth",
+         "empty header.frame_id"),
+        (lambda r, d, i: setattr(i.header, "frame_id", "other_optical"), "frame_id",
+         "camera_info", "frame 'other_optical' differs from the images' frame 'cam_optical'"),
+        (lambda r, d, i: (setattr(i, "width", 0), setattr(i, "height", 0)), "size",
+         "camera_info", "width x height is 0x0"),
+        (lambda r, d, i: setattr(r.header, "stamp", rc.ns_to_stamp(0)), "stamp", "rgb",
+         "header.stamp is 0"),
+        (lambda r, d, i: setattr(d, "data", np.zeros(48 * 64, np.uint16).tobytes()), "depth",
+         "depth", "no valid pixel"),
+    ],
+)
+def test_every_refusal_names_the_stream(mutate, kind, stream, words):
+    """The topic of the broken stream is in the message (RGB and depth share a frame id)."""
+    rgb_msg, depth_msg, info = messages()
+    same_header(rgb_msg, depth_msg, info)
+    mutate(rgb_msg, depth_msg, info)
+    with pytest.raises(rc.InputError, match=words) as err:
+        rc.frame_from_messages(rgb_msg, depth_msg, info, topics=TOPICS)
+    assert err.value.kind == kind
+    assert TOPICS[stream] in str(err.value), str(err.value)
+    others = [t for s, t in TOPICS.items() if s != stream]
+    if kind not in ("size", "frame_id"):  # the cross-stream checks name both streams
+        assert not any(t in str(err.value) for t in others), str(err.value)
+
+
+def test_principal_point_far_outside_the_image_is_refused():
+    rgb_msg, depth_msg, info = messages()
+    same_header(rgb_msg, depth_msg, info)
+    k = list(info.k)
+    k[2] = 1.05 * 64  # just outside (a cropped image): accepted
+    info.k = k
+    rc.frame_from_messages(rgb_msg, depth_msg, info)
+    for cx, cy in ((640.0, 24.0), (32.0, -30.0), (32.0, 480.0)):
+        k[2], k[5] = cx, cy
+        info.k = k
+        with pytest.raises(rc.InputError, match="principal point .* far outside the 64x48"
+                           ) as err:
+            rc.frame_from_messages(rgb_msg, depth_msg, info, topics=TOPICS)
+        assert err.value.kind == "intrinsics" and TOPICS["camera_info"] in str(err.value)
+
+
+def test_depth_in_the_wrong_unit_is_refused_with_the_fix():
+    rgb_msg, _, info = messages()
+    depth_mm = np.random.default_rng(1).integers(800, 1600, (48, 64)).astype(np.uint16)
+
+    def refused(depth_msg, words, **kwargs):
+        same_header(rgb_msg, depth_msg, info)
+        with pytest.raises(rc.InputError, match=words) as err:
+            rc.frame_from_messages(rgb_msg, depth_msg, info, topics=TOPICS, **kwargs)
+        assert err.value.kind == "depth_units"
+        assert TOPICS["depth"] in str(err.value) and depth_msg.encoding in str(err.value)
+        return str(err.value)
+
+    # 32FC1 holding millimetres: z of a kilometre.
+    mm32 = rc.image_message(depth_mm.astype(np.float32), "32FC1", HEADER)
+    said = refused(mm32, "values look like millimetres; set depth_scale:=0.001")
+    assert "depth median 1" in said and " m on " in said
+    # ... read right with depth_scale 0.001.
+    same_header(mm32)
+    frame = rc.frame_from_messages(rgb_msg, mm32, info, depth_scale=0.001)
+    assert np.allclose(frame.depth, depth_mm / 1000.0, atol=1e-6)
+    # 16UC1 holding metres (1 or 2): z of a few millimetres.
+    metres16 = rc.image_message(np.round(depth_mm / 1000.0).astype(np.uint16), "16UC1", HEADER)
+    refused(metres16, "raw median [12]: values look like metres")
+    # 16UC1 saturated at 65535 (z = 65.5 m), also when only 40 % of it is.
+    refused(rc.image_message(np.full((48, 64), 65535, np.uint16), "16UC1", HEADER),
+            "100 % of the valid pixels read 65535")
+    partly = depth_mm.copy()
+    partly[:20] = 65535
+    refused(rc.image_message(partly, "16UC1", HEADER), "42 % of the valid pixels read 65535")
+    # A few saturated pixels are noise, not a unit problem.
+    partly = depth_mm.copy()
+    partly[:4] = 65535
+    msg = rc.image_message(partly, "16UC1", HEADER)
+    same_header(msg)
+    rc.frame_from_messages(rgb_msg, msg, info)
+    # Far beyond any scene in metres, and a depth_scale that makes it so.
+    refused(rc.image_message(np.full((48, 64), 3e4, np.float32), "32FC1", HEADER),
+            "outside the plausible 0.05 .. 20 m: check the depth units")
+    refused(rc.image_message(depth_mm, "16UC1", HEADER), "read with depth_scale 1",
+            depth_scale=1.0)
+
+
+def test_depth_unit_check_sees_sparse_depth_and_ignores_invalid_pixels():
+    # 30 valid pixels in a 480x640 image: the sampling grid misses most of them.
+    sparse = np.zeros((480, 640), np.float32)
+    sparse[np.arange(30) * 16, np.arange(30) * 21 + 3] = 1200.0
+    with pytest.raises(rc.InputError, match="look like millimetres"):
+        rc.check_depth_units(sparse, "32FC1", 1.0, TOPICS["depth"])
+    sparse[sparse > 0] = 1.2
+    assert rc.check_depth_units(sparse, "32FC1", 1.0, TOPICS["depth"]) == 30
+    # NaN, inf and negative values are invalid, not huge or tiny.
+    mixed = np.full((48, 64), 0.9, np.float32)
+    mixed[:20] = np.nan
+    mixed[20:30] = np.inf
+    mixed[30:35] = -5.0
+    assert rc.check_depth_units(mixed, "32FC1", 1.0, "d") > 0
+    assert rc.check_depth_units(np.zeros((48, 64), np.uint16), "16UC1", 0.001, "d") == 0
+
+
 def posed(name, t, yaw=0.3, size=(0.1, 0.2, 0.1), key="x_1", score=0.8):
     R = Rotation.from_euler("yx", [yaw, 0.2]).as_matrix()
     return ObjectPose(CLASS_IDS[name], score, R, np.asarray(t, float), np.asarray(size, float),
@@ -226,3 +349,29 @@ def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeyp
     assert log.lines[-1] == ("warning", "bad encoding (3 more like it since the last message)")
     warn("exception", "boom", "error")
     assert log.lines[-1] == ("error", "boom")
+
+
+def test_fastdds_segment_limit_is_read_from_the_profile_in_use(tmp_path):
+    from pathlib import Path
+
+    from clipose_ros.node import fastdds_segment_limit, size_hint
+
+    shipped = str(Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": shipped}) == (
+        16 * 1024 * 1024, shipped)
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": shipped,
+                                  "RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) is None
+    assert fastdds_segment_limit({}) is None
+    udp_only = tmp_path / "udp.xml"
+    udp_only.write_text("<dds><profiles><transport_descriptors><transport_descriptor>"
+                        "<transport_id>u</transport_id><type>UDPv4</type>"
+                        "</transport_descriptor></transport_descriptors></profiles></dds>")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": str(udp_only)}) is None
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<dds><profiles>")
+    assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": str(broken)}) is None
+    limit = (16 * 1024 * 1024, shipped)
+    hint = size_hint(4000, 3000, limit)
+    assert "4000x3000 images (34.3 MiB as rgb8, 22.9 MiB as 16UC1)" in hint and shipped in hint
+    assert size_hint(2560, 1920, limit) == ""  # 14.1 MiB fits
+    assert size_hint(4000, 3000, None) == "" and size_hint(0, 0, limit) == ""
