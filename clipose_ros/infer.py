@@ -106,6 +106,24 @@ def _unit(scale: float) -> str:
         round(scale, 12), f"{scale:g} m per unit")
 
 
+def guess_depth_scale(raw_median: float, scale: float) -> float | None:
+    """The metres per unit, ``scale`` / 1000 or x 1000, that makes a median of ``raw_median``
+    depth units a distance an RGB-D camera sees (:data:`PLAUSIBLE_DEPTH_M`); None: neither."""
+    low, high = PLAUSIBLE_DEPTH_M
+    for alt in (scale * 1e-3, scale * 1e3):
+        if low <= raw_median * alt <= high:
+            return alt
+    return None
+
+
+def assumed_unit_message(where: str, scale: float, raw_median: float, alt: float) -> str:
+    """The warning that says which depth unit was assumed instead of the stated one."""
+    return (f"{where}: with depth scale {scale:g} ({_unit(scale)}) the median depth is "
+            f"{raw_median * scale:.4g} m, not what an RGB-D camera sees; assuming {_unit(alt)} "
+            f"(scale {alt:g}, median {raw_median * alt:.2f} m). Set --depth-scale to the "
+            "depth's unit if this guess is wrong")
+
+
 def depth_to_metres(
     raw: np.ndarray, scale: float, where: str, report: Report | None = None
 ) -> np.ndarray:
@@ -123,24 +141,18 @@ def depth_to_metres(
     valid = depth > 0
     if not valid.any():
         raise SkipItem(f"{where}: depth has no valid pixel (all zero, negative or non-finite)")
-    median = float(np.median(depth[valid])) * scale
+    raw_median = float(np.median(depth[valid]))
+    median = raw_median * scale
     low, high = PLAUSIBLE_DEPTH_M
     if not low <= median <= high:
-        for alt in (scale * 1e-3, scale * 1e3):
-            alt_median = median / scale * alt
-            if low <= alt_median <= high:
-                message = (
-                    f"{where}: with depth scale {scale:g} ({_unit(scale)}) the median depth is "
-                    f"{median:.4g} m, not what an RGB-D camera sees; assuming {_unit(alt)} "
-                    f"(scale {alt:g}, median {alt_median:.2f} m). Set --depth-scale to the "
-                    "file's unit if this guess is wrong"
-                )
-                if report is not None:
-                    report.warn("depth_scale", message)
-                else:
-                    log.warning(message)
-                scale = alt
-                break
+        alt = guess_depth_scale(raw_median, scale)
+        if alt is not None:
+            message = assumed_unit_message(where, scale, raw_median, alt)
+            if report is not None:
+                report.warn("depth_scale", message)
+            else:
+                log.warning(message)
+            scale = alt
         else:
             message = (f"{where}: median depth {median:.4g} m with scale {scale:g} is outside "
                        f"{low}-{high} m in every unit tried; kept as stated")
@@ -568,6 +580,10 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
         wanted[depth[j][1]] = k
     pair_stamps = [rgb[i][0] for i, _ in pairs]
     name = path.name if path.is_dir() else path.stem
+    # The streams' topics, so that the node's refusals name them (ros_convert.describe).
+    streams = {"rgb": rgb_topic, "depth": depth_topic}
+    if info_topic:
+        streams["camera_info"] = info_topic
 
     def info_for(stamp: int, rgb_msg: Any):
         if K is not None:
@@ -590,13 +606,44 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
             if len(slot) < 2:
                 continue
             del held[k]
-            yield _bag_item(path, name, slot, pair_stamps[k], info_for, store, scale, report)
+            yield _bag_item(path, name, slot, pair_stamps[k], info_for, store, scale, report,
+                            streams, K)
 
     return pair_stamps, items
 
 
+def _valid_median(raw: np.ndarray) -> float | None:
+    """Median of the valid (finite, > 0) raw depth values; None when there is none."""
+    with np.errstate(invalid="ignore"):
+        valid = raw[np.isfinite(raw) & (raw > 0)]
+    return float(np.median(valid)) if valid.size else None
+
+
+def _frame_in_guessed_unit(rc, refusal, rgb_msg, depth_msg, info, scale: float | None,
+                           streams: dict[str, str], where: str, report: Report) -> Frame | None:
+    """The frame the node's checks accept with the depth unit infer guesses (the stated unit
+    x 1000 or / 1000, as for files), warned once and counted as ``depth_scale``; None when
+    ``refusal`` is not about the depth's unit or no such unit passes the checks. Saturated
+    depth (65535) is refused by the checks at every unit, so it stays refused."""
+    if refusal.kind != "depth_units":
+        return None
+    stated = scale or rc.default_depth_scale(depth_msg.encoding)
+    median = _valid_median(rc.image_to_array(depth_msg, rc.DEPTH_ENCODINGS))
+    alt = None if median is None else guess_depth_scale(median, stated)
+    if alt is None:
+        return None
+    try:
+        frame = rc.frame_from_messages(rgb_msg, depth_msg, info, depth_scale=alt,
+                                       topics=streams)
+    except rc.InputError:
+        return None
+    report.warn("depth_scale", assumed_unit_message(where, stated, median, alt))
+    return frame
+
+
 def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
-              scale: float | None, report: Report) -> Item:
+              scale: float | None, report: Report, streams: dict[str, str],
+              K: Intrinsics | None) -> Item:
     rc = _ros_convert()
     (rgb_ord, rgb_rec), (depth_ord, depth_rec) = slot["rgb"], slot["depth"]
     where = (f"{path} {rgb_rec.topic} #{rgb_ord} + {depth_rec.topic} #{depth_ord} "
@@ -607,17 +654,18 @@ def _bag_item(path: Path, name: str, slot: dict, stamp: int, info_for, store,
         depth_msg = store.deserialize_cdr(depth_rec.raw, depth_rec.msgtype)
         info = info_for(stamp, rgb_msg)
         try:
-            frame = rc.frame_from_messages(rgb_msg, depth_msg, info)
+            # The node's checks and conversion; ``scale``: the unit the user states (--depth-scale).
+            frame = rc.frame_from_messages(rgb_msg, depth_msg, info, depth_scale=scale or 0.0,
+                                           topics=streams)
         except rc.InputError as err:
-            raise SkipItem(f"{where}: {err}") from err
-        if scale is not None:  # the user states the unit of the depth values
-            raw = rc.image_to_array(depth_msg, rc.DEPTH_ENCODINGS)
-            frame.depth = depth_to_metres(raw, scale, where, report)
-        else:
-            frame.depth = depth_to_metres(frame.depth, 1.0, where, report)
+            frame = _frame_in_guessed_unit(rc, err, rgb_msg, depth_msg, info, scale, streams,
+                                           where, report)
+            if frame is None:
+                given = (f" (this camera_info is made from {K.origin})"
+                         if K is not None and "camera_info" in str(err) else "")
+                raise SkipItem(f"{where}: {err}{given}") from err
         w, h = frame.rgb.shape[1], frame.rgb.shape[0]
         check_intrinsics(Intrinsics(frame.K, None, "camera_info"), w, h, where)
-        frame.frame_id = rgb_msg.header.frame_id
         return frame
 
     return Item(f"{name}@{stamp}", str(path), load, stamp)

@@ -331,12 +331,61 @@ def test_bad_messages_and_a_missing_topic_are_named_and_the_rest_processed(gener
     assert f"bag {no_depth}: no depth topic {' or '.join(DEFAULT_DEPTH_TOPICS)}" in text
     assert f"{RGB} (sensor_msgs/msg/Image)" in text  # the bag's topics are listed
     assert f"{good} {RGB} #" in text
-    assert f"(stamp {t[1]}): image in frame '{FRAME_ID}': data holds 1000 bytes" in text
-    assert f"(stamp {t[2]}): RGB is 640x480 but depth is 320x240" in text
-    assert f"(stamp {t[3]}): image in frame '{FRAME_ID}': encoding 'yuv422' is not supported" \
-        in text
+    # The node's refusals, naming the stream, its topic and frame (ros_convert.describe).
+    assert f"(stamp {t[1]}): depth image on {DEPTH} (frame '{FRAME_ID}'): data holds 1000 " \
+        "bytes" in text
+    assert f"(stamp {t[2]}): RGB is 640x480 but depth is 320x240: depth must be registered to " \
+        f"the colour image (RGB image on {RGB} (frame '{FRAME_ID}'); depth image on {DEPTH} " \
+        f"(frame '{FRAME_ID}'))" in text
+    assert f"(stamp {t[3]}): RGB image on {RGB} (frame '{FRAME_ID}'): encoding 'yuv422' is " \
+        "not supported" in text
     assert f"1 of 6 colour images have no depth image on {DEPTH} within 20 ms" in text
     assert [line["stamp_ns"] for line in read_jsonl(tmp_path / "out")] == [t[0], t[4]]
+
+
+def test_bag_depth_in_another_unit_is_guessed_and_saturated_depth_refused(generated,
+                                                                           tmp_path):
+    """The node's checks refuse depth whose median is no distance in metres; the tool then
+    assumes the unit a factor of 1000 away when that makes it plausible (said once, counted),
+    as it does for files. Saturated depth and depth no unit makes plausible stay refused."""
+    _, prefixes, reference = generated
+    _, types = _types()
+    t = [10**18 + i * PERIOD_NS for i in range(5)]
+    mm = [cv2.imread(str(nf.frame_path(p, "depth.png")), cv2.IMREAD_UNCHANGED)
+          for p in prefixes[:4]]
+    # Millimetres in a 32FC1 (metres) image, a driver bug seen in the field; as float32 the
+    # values are exact, so the depth after the guess is the node's 16UC1 depth to the bit.
+    in_mm = image_msg(types, t[1], mm[1].astype(np.float32), "32FC1")
+    saturated = mm[3].copy()
+    saturated[:, :400] = 65535  # most valid pixels at the 16-bit maximum
+    assert np.count_nonzero(saturated == 65535) > 0.5 * np.count_nonzero(saturated)
+    replaced = {t[1]: in_mm, t[3]: image_msg(types, t[3], saturated, "16UC1"),
+                t[4]: image_msg(types, t[4], np.full((480, 640), 30.0, np.float32), "32FC1")}
+    messages = [(topic, log, replaced.get(log - 2000, msg) if topic == DEPTH else msg)
+                for topic, log, msg in bag_messages(prefixes[:5])]
+    bag = write_bag(tmp_path / "units", messages)
+    summary = run(["--bag", str(bag), "--overlay-every", "0"], tmp_path / "out")
+    assert summary["frames_processed"] == 3 and summary["frames_skipped"] == 2
+    assert summary["warnings"] == {"depth_scale": 1}
+    lines = read_jsonl(tmp_path / "out")
+    assert [line["stamp_ns"] for line in lines] == t[:3]
+    for line, want in zip(lines, reference[:3], strict=True):
+        assert_same_poses(line["objects"], want)
+    log = (tmp_path / "out" / "infer.log").read_text()
+    assert f"{DEPTH} #4 (stamp {t[1]}): with depth scale 1 (metres) the median depth is" in log
+    assert "assuming millimetres (scale 0.001, median" in log
+    text = "\n".join(p["message"] for p in summary["problems"])
+    assert len(summary["problems"]) == 2, text
+    assert f"(stamp {t[3]}): depth on {DEPTH} (16UC1): " in text
+    assert "% of the valid pixels read 65535, the largest 16-bit value" in text
+    assert f"(stamp {t[4]}): depth median 30 m on {DEPTH} (32FC1), outside the plausible " \
+        "0.05 .. 20 m: check the depth units" in text
+    # A unit stated wrongly with --depth-scale (metres for 16UC1 millimetres): guessed back.
+    summary = run(["--bag", str(bag), "--depth-scale", "1", "--max-frames", "3",
+                   "--overlay-every", "0"], tmp_path / "stated")
+    assert summary["frames_processed"] == 3 and summary["warnings"] == {"depth_scale": 2}
+    for line, want in zip(read_jsonl(tmp_path / "stated"), reference[:3], strict=True):
+        assert_same_poses(line["objects"], want)
 
 
 def test_info_topic_missing_uses_given_intrinsics_or_says_what_to_pass(generated, tmp_path):
