@@ -402,6 +402,18 @@ def test_info_topic_missing_uses_given_intrinsics_or_says_what_to_pass(generated
     assert summary["frames_processed"] == 2
     for line, want in zip(read_jsonl(tmp_path / "b"), reference, strict=False):
         assert_same_poses(line["objects"], want)
+    # K for another image size from a YAML: the node's size check refuses the camera_info made
+    # from it, and the refusal says which file that is.
+    yaml = tmp_path / "info.yaml"
+    yaml.write_text(f"image_width: 1280\nimage_height: 720\ncamera_matrix: {{rows: 3, cols: 3, "
+                    f"data: {K.ravel().tolist()}}}\n")
+    summary = run(["--bag", str(bag), "--camera-info", str(yaml)], tmp_path / "c",
+                  processes=False)
+    assert summary["frames_processed"] == 0 and summary["frames_skipped"] == 2
+    assert len(summary["problems"]) == 2
+    for p in summary["problems"]:
+        assert "camera_info is for 1280x720 images but RGB is 640x480" in p["message"]
+        assert p["message"].endswith(f"(this camera_info is made from {yaml})")
 
 
 needs_real = pytest.mark.skipif(
