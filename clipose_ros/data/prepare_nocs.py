@@ -736,7 +736,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
                         "tight box of the coordinate map unless a mug_meta.pkl is given",
                         spec.name)
     workers = max(1, int(cfg.workers))
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # forkserver/spawn: forking a parent whose OpenCV or OpenMP threads run can deadlock
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
         table = load_model_table(specs, cfg, pool)
     jobs, done_before = plan_jobs(specs, cfg)
