@@ -249,3 +249,33 @@ def _compare(truth: nf.FrameLabel, got: nf.FrameLabel, checked: dict) -> None:
         if source != "coord_fit":
             assert got.handle_visibility[j] == 0  # copied from the gts, not estimated
             assert got.extra["handle_source"][j] == "gts"
+
+
+@pytest.mark.parametrize("naming", ["results_test_scene_{k}_{f}.pkl",  # SPD's Mask R-CNN
+                                    "results_real_test_scene_{k}_{f}.pkl"])  # NOCS's results
+def test_prepared_real_test_scores_with_mask_rcnn_result_files(real_download, tmp_path, naming):
+    root, _ = real_download
+    out = tmp_path / "prepared"
+    prepare(PrepareConfig(out=out, nocs_root=root, workers=1, splits=("real_test",)),
+            progress=False)
+    masks = tmp_path / "mrcnn"
+    masks.mkdir()
+    for prefix in nf.list_frames(out / "Real" / "test", labelled=True):
+        label, mask = nf.read_label(prefix), nf.read_mask(prefix)
+        detections = {  # SPD's keys; every object found, plus a false bowl on the background
+            "class_ids": np.append(label.class_ids, 2),
+            "scores": np.append(np.full(len(label), 0.9), 0.3),
+            "rois": np.vstack([label.bboxes, [0, 0, 40, 40]]),
+            "masks": np.dstack([mask == i for i in label.instance_ids]
+                               + [np.pad(np.ones((40, 40), bool), ((0, 440), (0, 600)))]),
+        }
+        scene = prefix.parent.name.split("_")[1]
+        with open(masks / naming.format(k=scene, f=prefix.name), "wb") as f:
+            pickle.dump(detections, f)
+    eval_main(["--data", str(out / "Real" / "test"), "--masks", str(masks),
+               "--out", str(tmp_path / "eval"), "--vis", "0"])
+    scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    log = (tmp_path / "eval" / "eval.log").read_text()
+    assert "no obj_models/mug_meta.pkl" not in log  # found beside the prepared split
+    mean = scores["modes"]["exact"]["classes"]["mean"]
+    assert mean["IoU50"] > 99.0 and mean["10deg5cm"] > 99.0 and mean["5deg2cm"] > 99.0
