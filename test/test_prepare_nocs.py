@@ -224,6 +224,7 @@ def test_real_layout_gts_poses_fits_and_mug_frames(real_download, tmp_path):
                 assert np.allclose(got.extra["K"], REAL_INTRINSICS)
                 _compare(truth, got, checked)
     assert checked["gts"] > 0 and checked["gts_flipped"] > 0 and checked["coord_fit"] > 0
+    assert checked["estimated_handles"] >= 2
     dropped = nf.read_label(tmp_path / "Real/train/scene_1/0000")
     first = nf.read_meta(root / "Real/train/scene_1/0000")[0][0]
     assert first not in dropped.instance_ids.tolist()
@@ -249,6 +250,10 @@ def _compare(truth: nf.FrameLabel, got: nf.FrameLabel, checked: dict) -> None:
         if source != "coord_fit":
             assert got.handle_visibility[j] == 0  # copied from the gts, not estimated
             assert got.extra["handle_source"][j] == "gts"
+        elif truth.class_ids[i] == 6:  # estimated from the coordinate map: as rendered
+            assert got.extra["handle_source"][j] == "estimated"
+            assert got.handle_visibility[j] == truth.handle_visibility[i]
+            checked["estimated_handles"] = checked.get("estimated_handles", 0) + 1
 
 
 @pytest.mark.parametrize("naming", ["results_test_scene_{k}_{f}.pkl",  # SPD's Mask R-CNN

@@ -86,8 +86,8 @@ class FitConfig:
     max_ransac_points: int = 4000  # hypotheses are scored on a subset; the refit uses all
     min_pixels: int = 64  # SPD: fewer valid depth pixels -> the instance is left out
     min_inlier_ratio: float = 0.5  # below: the fit is bad and the frame is rejected
-    handle_margin: float = 0.03  # NOCS units beyond the body radius that count as handle
-    handle_min_pixels: int = 15
+    handle_margin: float = 0.02  # NOCS units beyond the body radius that count as handle
+    handle_min_pixels: int = 10
     gts_box_tolerance_px: int = 5  # SPD: sum of |box - gts box| for a gts match
 
 
@@ -273,7 +273,7 @@ def load_model_table(specs: list[SplitSpec], cfg: PrepareConfig, pool) -> dict[s
     models overrides the computed mug frames."""
     cache = cfg.out / "obj_models" / MODEL_INFO_FILE
     table: dict[str, dict] = json.loads(cache.read_text()) if cache.is_file() else {}
-    jobs = []
+    jobs: list[tuple[str, str, str, bool]] = []
     for spec in specs:
         for name, path in model_files(spec).items():
             if name not in table:
@@ -440,8 +440,9 @@ def frame_sources(spec: SplitSpec, rel: str, cfg: PrepareConfig) -> dict[str, Pa
     return src
 
 
-def _read_frame(src: dict[str, Path], K: np.ndarray):
-    """Decoded inputs of a frame; raises NocsFormatError naming the bad file."""
+def _read_frame(src: dict[str, Path]) -> tuple:
+    """Decoded (fit depth, mask, coordinates, meta) of a frame; raises NocsFormatError naming
+    the bad file."""
     missing = [str(p) for p in src.values() if not p.is_file()]
     if missing:
         raise nf.NocsFormatError(f"missing file(s): {', '.join(sorted(set(missing)))}")
@@ -471,7 +472,8 @@ def _load_gts(path: str | None) -> dict | None:
         raise nf.NocsFormatError(f"cannot read gts pickle {path}: {err}") from err
 
 
-def label_instances(spec, inputs, gts, table, cfg, out: Outcome) -> dict[str, list] | None:
+def label_instances(spec: SplitSpec, inputs: tuple, gts: dict | None, table: dict[str, dict],
+                    cfg: PrepareConfig, out: Outcome) -> dict[str, list] | None:
     """Per kept instance: pose, extents, handle and provenance; None for a bad rendering."""
     depth, mask, coord, meta = inputs
     rng = np.random.default_rng(0)
@@ -514,7 +516,11 @@ def label_instances(spec, inputs, gts, table, cfg, out: Outcome) -> dict[str, li
 def _add_instance(rows, iid, cid, model, box, coords, fit: Fit, gts, used, info, cfg, out):
     """Append one instance's label: the gts pose when one matches, else the fit."""
     s, R, t, source = fit.s, fit.R, fit.t, "coord_fit"
-    extents = np.asarray(info.get("extents", 2.0 * np.abs(coords).max(axis=0)), np.float64)
+    seen = 2.0 * np.abs(coords).max(axis=0)  # the centred tight box, from the visible pixels
+    extents = np.asarray(info.get("extents", seen), np.float64)
+    if np.any(seen > extents + 0.03):  # a coordinate map outside its model's box
+        out.warnings.append(f"instance {iid}: coordinate map spans {np.round(seen, 3)}, beyond "
+                            f"the extents {np.round(extents, 3)} of model {model}")
     handle, handle_source = 1, "assumed_visible"
     j = match_gts(gts, cid, box, used, cfg.fit.gts_box_tolerance_px) if gts else None
     if j is not None:
@@ -617,7 +623,7 @@ def prepare_frame(job: FrameJob) -> Outcome:
     out = Outcome(frame=f"{spec.out_rel}/{job.rel}", status="error")
     try:
         src = frame_sources(spec, job.rel, cfg)
-        inputs = _read_frame(src, spec.K)
+        inputs = _read_frame(src)
         rows = label_instances(spec, inputs, _load_gts(job.gts), _CONTEXT["table"], cfg, out)
         if rows is None:
             out.status = "rejected"
