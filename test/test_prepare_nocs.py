@@ -17,6 +17,7 @@ from clipose_ros.data.prepare_nocs import (
     STATUS_FILE,
     FitConfig,
     PrepareConfig,
+    gts_pose,
     handle_visible,
     main,
     prepare,
@@ -284,3 +285,20 @@ def test_prepared_real_test_scores_with_mask_rcnn_result_files(real_download, tm
     assert "no obj_models/mug_meta.pkl" not in log  # found beside the prepared split
     mean = scores["modes"]["exact"]["classes"]["mean"]
     assert mean["IoU50"] > 99.0 and mean["10deg5cm"] > 99.0 and mean["5deg2cm"] > 99.0
+
+
+def test_gts_in_the_flipped_frame_is_recognised_on_the_optical_axis_too():
+    rng = np.random.default_rng(3)
+    coords = rng.uniform(-0.3, 0.3, (500, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    R = q * np.sign(np.linalg.det(q))
+    s, t = 0.2, np.array([0.0, 0.0, 0.8])  # on the axis: t reads the same in both frames
+    points = s * coords @ R.T + t
+    for flipped in (False, True):
+        rt = np.eye(4)
+        F = nf.FLIP_XY if flipped else np.eye(3)
+        rt[:3, :3], rt[:3, 3] = s * F @ R, F @ t
+        got_s, got_R, got_t, convention = gts_pose({"gt_RTs": [rt]}, 0, coords, points)
+        assert convention == ("nocs_flipped" if flipped else "opencv")
+        assert rotation_angle_deg(got_R, R) < 1e-6 and np.allclose(got_t, t)
+        assert got_s == pytest.approx(s)

@@ -380,15 +380,23 @@ def match_gts(gts: dict, class_id: int, box: np.ndarray, used: set[int], tol: in
     return best
 
 
-def gts_pose(gts: dict, j: int, fit: Fit) -> tuple[float, np.ndarray, np.ndarray, str]:
-    """``(s, R, t, convention)`` of gts instance ``j`` in the OpenCV frame. NOCS writes
-    ``gt_RTs`` in the OpenCV frame; a file in the flipped frame (x, y negated) is recognised
-    by which reading lands nearer the coordinate-map fit."""
-    sR = np.asarray(gts["gt_RTs"][j], np.float64)[:3, :3]
-    t = np.asarray(gts["gt_RTs"][j], np.float64)[:3, 3]
-    s = float(np.cbrt(np.linalg.det(sR)))
-    R = sR / s
-    if np.linalg.norm(nf.FLIP_XY @ t - fit.t) < np.linalg.norm(t - fit.t):
+def gts_pose(gts: dict, j: int, coords: np.ndarray, points: np.ndarray
+             ) -> tuple[float, np.ndarray, np.ndarray, str]:
+    """``(s, R, t, convention)`` of gts instance ``j`` in the OpenCV frame.
+
+    NOCS writes ``gt_RTs`` in the OpenCV frame (its code flips its back-projection back); a
+    file in the flipped frame (x, y negated) is recognised by which reading puts the
+    instance's coordinates nearer its depth points (the translation alone cannot tell for an
+    object on the optical axis, where the two readings differ by a half turn about z).
+    """
+    rt = np.asarray(gts["gt_RTs"][j], np.float64)
+    s = float(np.cbrt(np.linalg.det(rt[:3, :3])))
+    R, t = rt[:3, :3] / s, rt[:3, 3]
+
+    def residual(R_: np.ndarray, t_: np.ndarray) -> float:
+        return float(np.median(np.linalg.norm(points - (s * coords @ R_.T + t_), axis=1)))
+
+    if residual(nf.FLIP_XY @ R, nf.FLIP_XY @ t) < residual(R, t):
         return s, nf.FLIP_XY @ R, nf.FLIP_XY @ t, "nocs_flipped"
     return s, R, t, "opencv"
 
@@ -503,18 +511,22 @@ def label_instances(spec: SplitSpec, inputs: tuple, gts: dict | None, table: dic
             out.count("too_few_pixels")
             continue
         coords = coord[r, c].astype(np.float64)
-        fit = fit_coords_to_depth(coords, backproject_pixels(depth, spec.K, r, c), cfg.fit, rng)
+        points = backproject_pixels(depth, spec.K, r, c)
+        fit = fit_coords_to_depth(coords, points, cfg.fit, rng)
         if fit.inlier_ratio < cfg.fit.min_inlier_ratio:
             out.reason = (f"instance {iid} ({model}): coordinate-map fit keeps "
                           f"{fit.inlier_ratio:.0%} inliers within {cfg.fit.inlier_threshold_m} m")
             return None
-        _add_instance(rows, iid, cid, model, box, coords[fit.inliers], fit, gts, used,
-                      table.get(model, {}), cfg, out)
+        _add_instance(rows, (iid, cid, model, box), coords[fit.inliers], points[fit.inliers],
+                      fit, gts, used, table.get(model, {}), cfg, out)
     return rows
 
 
-def _add_instance(rows, iid, cid, model, box, coords, fit: Fit, gts, used, info, cfg, out):
+def _add_instance(rows: dict[str, list], ident: tuple, coords: np.ndarray, points: np.ndarray,
+                  fit: Fit, gts: dict | None, used: set[int], info: dict, cfg: PrepareConfig,
+                  out: Outcome) -> None:
     """Append one instance's label: the gts pose when one matches, else the fit."""
+    iid, cid, model, box = ident
     s, R, t, source = fit.s, fit.R, fit.t, "coord_fit"
     seen = 2.0 * np.abs(coords).max(axis=0)  # the centred tight box, from the visible pixels
     extents = np.asarray(info.get("extents", seen), np.float64)
@@ -525,7 +537,7 @@ def _add_instance(rows, iid, cid, model, box, coords, fit: Fit, gts, used, info,
     j = match_gts(gts, cid, box, used, cfg.fit.gts_box_tolerance_px) if gts else None
     if j is not None:
         used.add(j)
-        s, R, t, convention = gts_pose(gts, j, fit)
+        s, R, t, convention = gts_pose(gts, j, coords, points)
         source = "gts" if convention == "opencv" else "gts_flipped"
         out.gts_fit_dt_mm.append(1e3 * float(np.linalg.norm(t - fit.t)))
         if "extents" not in info and "gt_scales" in gts:
