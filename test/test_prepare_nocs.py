@@ -300,5 +300,5 @@ def test_gts_in_the_flipped_frame_is_recognised_on_the_optical_axis_too():
         rt[:3, :3], rt[:3, 3] = s * F @ R, F @ t
         got_s, got_R, got_t, convention = gts_pose({"gt_RTs": [rt]}, 0, coords, points)
         assert convention == ("nocs_flipped" if flipped else "opencv")
-        assert rotation_angle_deg(got_R, R) < 1e-6 and np.allclose(got_t, t)
+        assert rotation_angle_deg(got_R, R) < 1e-4 and np.allclose(got_t, t)
         assert got_s == pytest.approx(s)
