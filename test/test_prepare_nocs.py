@@ -17,6 +17,7 @@ from clipose_ros.data.prepare_nocs import (
     STATUS_FILE,
     FitConfig,
     PrepareConfig,
+    PrepareError,
     gts_pose,
     handle_visible,
     main,
@@ -302,3 +303,19 @@ def test_gts_in_the_flipped_frame_is_recognised_on_the_optical_axis_too():
         assert convention == ("nocs_flipped" if flipped else "opencv")
         assert rotation_angle_deg(got_R, R) < 1e-4 and np.allclose(got_t, t)
         assert got_s == pytest.approx(s)
+
+
+@needs_shared
+def test_camera_without_composed_depths_stops_unless_objects_only_depth_is_asked(tmp_path):
+    download = tmp_path / "CAMERA"
+    download.mkdir()
+    (download / "train").symlink_to(SHARED / "train")
+    cfg = PrepareConfig(out=tmp_path / "out", nocs_root=tmp_path, workers=1, max_frames=2)
+    with pytest.raises(PrepareError, match="camera_full_depths"):
+        prepare(cfg, progress=False)
+    cfg.camera_depth = "objects"
+    assert prepare(cfg, progress=False)["CAMERA/train"]["done"] == 2
+    label = nf.read_label(tmp_path / "out/CAMERA/train/00000/0000")
+    assert label.extra["depth_source"] == "objects_only"
+    depth = nf.read_depth(tmp_path / "out/CAMERA/train/00000/0000")
+    assert (depth[nf.read_mask(tmp_path / "out/CAMERA/train/00000/0000") == 255] > 0).mean() < 0.5

@@ -459,7 +459,9 @@ def _read_frame(src: dict[str, Path]) -> tuple:
     stored = cv2.imread(str(src["depth.png"]), cv2.IMREAD_UNCHANGED)
     if stored is None:
         raise nf.NocsFormatError(f"cannot decode image (corrupt or not a PNG): {src['depth.png']}")
-    for name, arr in (("mask.png", mask), ("coord.png", coord), ("depth.png", stored)):
+    color = nf.read_color(prefix)  # decoded once here, so a corrupt one is named now
+    for name, arr in (("mask.png", mask), ("coord.png", coord), ("depth.png", stored),
+                      ("color.png", color)):
         if arr.shape[:2] != depth.shape:
             raise nf.NocsFormatError(
                 f"{src[name]} has shape {arr.shape[:2]} but {src['fit_depth']} {depth.shape}"
@@ -747,6 +749,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     specs = locate_splits(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     for spec in specs:
+        frame_sources(spec, "check/0000", cfg)  # a CAMERA split without composed depths stops
         log.info("%s: %s (depth: %s, gts: %s, models: %s)", spec.name, spec.source,
                  spec.full_depths or "own", spec.gts, spec.models)
         if spec.models is None:
