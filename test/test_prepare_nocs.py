@@ -319,3 +319,23 @@ def test_camera_without_composed_depths_stops_unless_objects_only_depth_is_asked
     assert label.extra["depth_source"] == "objects_only"
     depth = nf.read_depth(tmp_path / "out/CAMERA/train/00000/0000")
     assert (depth[nf.read_mask(tmp_path / "out/CAMERA/train/00000/0000") == 255] > 0).mean() < 0.5
+
+
+def test_resuming_with_other_models_is_refused_and_redo_relabels(real_download, tmp_path):
+    root, _ = real_download
+    bare = tmp_path / "bare"  # the same download without its object models
+    bare.mkdir()
+    for part in ("Real", "gts"):
+        (bare / part).symlink_to(root / part)
+    cfg = PrepareConfig(out=tmp_path / "out", nocs_root=bare, workers=1, splits=("real_train",))
+    prepare(cfg, progress=False)
+    mug = nf.read_label(tmp_path / "out/Real/train/scene_1/0000")
+    assert "tight_box" in mug.extra["label_frame"]  # the mug, without models
+    cfg.obj_models = root / "obj_models"
+    with pytest.raises(PrepareError, match="other settings.*models.*--redo"):
+        prepare(cfg, progress=False)
+    cfg.redo = True
+    assert prepare(cfg, progress=False)["Real/train"]["done"] == 4
+    mug = nf.read_label(tmp_path / "out/Real/train/scene_1/0000")
+    frames = mug.extra["label_frame"]
+    assert "spd_mug_meta" in frames and "tight_box" not in frames

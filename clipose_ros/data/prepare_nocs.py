@@ -33,6 +33,7 @@ rejected as SPD's preprocessing rejects them (an instance box wider than 600 or 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -40,7 +41,7 @@ import os
 import pickle
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -54,6 +55,7 @@ from clipose_ros.geometry import backproject_pixels, ransac_umeyama, umeyama
 log = logging.getLogger("clipose.prepare_nocs")
 
 STATUS_FILE = "prepare_nocs_status.jsonl"
+SETTINGS_FILE = "prepare_settings.json"
 MODEL_INFO_FILE = "model_info.json"
 # SPD's preprocessing facts: frames with an instance box larger than this are rendering errors,
 # instances with fewer depth pixels are too occluded to label, and one CAMERA mug model is
@@ -123,6 +125,7 @@ class PrepareConfig:
     max_frames: int | None = None
     camera_depth: str = "composed"  # composed | objects (the RGBA objects-only depth)
     estimate_handles: bool = True
+    redo: bool = False  # prepare every frame again, whatever earlier runs did
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -692,7 +695,7 @@ def read_status(out: Path) -> dict[str, str]:
 def plan_jobs(specs: list[SplitSpec], cfg: PrepareConfig) -> tuple[list[FrameJob], int]:
     """Frames still to do (resuming: labelled or rejected frames are skipped), and how many
     were skipped."""
-    previous = read_status(cfg.out)
+    previous = {} if cfg.redo else read_status(cfg.out)
     jobs, done = [], 0
     for i, spec in enumerate(specs):
         gts = gts_index(spec.gts)
@@ -701,7 +704,7 @@ def plan_jobs(specs: list[SplitSpec], cfg: PrepareConfig) -> tuple[list[FrameJob
         for rel in list_split_frames(spec)[: cfg.max_frames]:
             frame = f"{spec.out_rel}/{rel}"
             label = nf.frame_path(cfg.out / frame, "label.pkl")
-            if label.is_file() or previous.get(frame) == "rejected":
+            if not cfg.redo and (label.is_file() or previous.get(frame) == "rejected"):
                 done += 1
                 continue
             if spec.gts is not None and rel not in gts:
@@ -709,6 +712,39 @@ def plan_jobs(specs: list[SplitSpec], cfg: PrepareConfig) -> tuple[list[FrameJob
                             frame)
             jobs.append(FrameJob(i, rel, str(gts[rel]) if rel in gts else None))
     return jobs, done
+
+
+def split_settings(spec: SplitSpec, cfg: PrepareConfig, table: dict[str, dict]) -> dict:
+    """What a split's labels depend on, to tell a resumable run from a changed one."""
+    names = set(model_files(spec)) if spec.models is not None else set(table)
+    mugs = sorted((k, v["mug"]) for k, v in table.items() if "mug" in v and k in names)
+    return {
+        "source": str(spec.source),
+        "depth": str(spec.full_depths) if cfg.camera_depth == "composed" else "objects",
+        "gts": str(spec.gts) if spec.gts else None,
+        "models": str(spec.models) if spec.models else None,
+        "mug_frames": hashlib.sha1(json.dumps(mugs).encode()).hexdigest()[:16],
+        "fit": asdict(cfg.fit),
+        "estimate_handles": cfg.estimate_handles,
+    }
+
+
+def check_settings(specs: list[SplitSpec], cfg: PrepareConfig, table: dict[str, dict]) -> None:
+    """Refuse to resume a split whose labels were made with other settings (e.g. a first run
+    without object models would leave its mugs in the tight box); ``--redo`` starts over."""
+    path = cfg.out / SETTINGS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    for spec in specs:
+        now = split_settings(spec, cfg, table)
+        before = stored.get(spec.name)
+        if before is not None and before != now and not cfg.redo:
+            changed = sorted(k for k in now if before.get(k) != now[k])
+            raise PrepareError(
+                f"{cfg.out} holds {spec.name} prepared with other settings ({', '.join(changed)}"
+                f" changed, see {path}): give another --out, or --redo to prepare it again"
+            )
+        stored[spec.name] = now
+    path.write_text(json.dumps(stored, indent=1))
 
 
 def _record(out: Outcome, status_file, summary: dict) -> None:
@@ -761,6 +797,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool:
         table = load_model_table(specs, cfg, pool)
+    check_settings(specs, cfg, table)
     jobs, done_before = plan_jobs(specs, cfg)
     log.info("%d frames to prepare (%d done in earlier runs), %d workers", len(jobs),
              done_before, workers)
@@ -805,6 +842,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="per split (for a try)")
     parser.add_argument("--inlier-threshold", type=float, default=0.01,
                         help="RANSAC inlier distance in metres (REAL depth is noisier)")
+    parser.add_argument("--redo", action="store_true",
+                        help="prepare every frame again (after a change of models or settings)")
     parser.add_argument("--no-handle-estimate", action="store_true",
                         help="mugs without gts handle visibility count as handle visible")
     args = parser.parse_args(argv)
@@ -814,7 +853,7 @@ def main(argv: list[str] | None = None) -> None:
         camera_full_depths=args.camera_full_depths, gts=args.gts, obj_models=args.obj_models,
         mug_meta=args.mug_meta, splits=tuple(args.splits), workers=args.workers,
         link=args.link, max_frames=args.max_frames, camera_depth=args.camera_depth,
-        estimate_handles=not args.no_handle_estimate,
+        estimate_handles=not args.no_handle_estimate, redo=args.redo,
         fit=FitConfig(inlier_threshold_m=args.inlier_threshold),
     )
     try:
