@@ -422,7 +422,10 @@ def train(
         caches, [s.weight for s in sources], augment, seed, dc.get("epoch_samples"), rank, world
     )
     if len(sampler) < batch:
-        raise ConfigError(f"{len(dataset)} training instances < one batch ({batch} x {world})")
+        raise ConfigError(
+            f"{len(dataset)} training instances, {len(sampler)} samples per epoch and process: "
+            f"less than one batch ({batch} x {world})"
+        )
     steps_per_epoch = len(sampler) // batch
     epochs = int(tc["epochs"])
     total_steps = epochs * steps_per_epoch
