@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "clipose-synth = clipose_ros.data.synth:main",
             "clipose-eval = clipose_ros.evaluate:main",
+            "clipose-prepare-nocs = clipose_ros.data.prepare_nocs:main",
             "pose_node = clipose_ros.node:main",
             "synthetic_camera = clipose_ros.synthetic_camera:main",
             "clipose-demo = clipose_ros.demo:main",

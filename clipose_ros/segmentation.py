@@ -584,7 +584,8 @@ class ResultFileMasks:
 
     A frame ``.../test/scene_1/0000`` is looked up as ``results_<key>.pkl`` or ``<key>.pkl``
     with ``key`` built from the trailing parts of its path, longest first: ``test_scene_1_0000``
-    (SPD's names), ``scene_1_0000`` (NOCS results), ``0000``.
+    (SPD's names), ``scene_1_0000`` (NOCS results), ``0000``; a prepared download's
+    ``Real/test/scene_1/0000`` also finds NOCS's ``results_real_test_scene_1_0000.pkl``.
     """
 
     KEYS = {
@@ -605,7 +606,10 @@ class ResultFileMasks:
         parts = prefix.parts
         for n in range(min(self.MAX_KEY_PARTS, len(parts)), 0, -1):
             key = "_".join(parts[-n:])
-            for name in (f"results_{key}.pkl", f"{key}.pkl"):
+            # lower case too: NOCS names its REAL results results_real_test_scene_1_0000.pkl,
+            # the download's folders are Real/test/scene_1
+            for name in dict.fromkeys((f"results_{key}.pkl", f"{key}.pkl",
+                                       f"results_{key.lower()}.pkl")):
                 if (self.folder / name).is_file():
                     return self.folder / name
         raise nf.NocsFormatError(

@@ -1,4 +1,4 @@
-"""``clipose-train``: train the pose network on NOCS-format folders.
+"""``clipose-train``: train the pose network on NOCS-format folders (several: mixed by weight).
 
 One YAML config (``config/train.yaml``) plus ``--set section.key=value`` overrides. Frames are
 decoded once into a training cache (``clipose_ros/model/cache.py``); augmentations run on the
@@ -53,6 +53,7 @@ from clipose_ros.model.checkpoint import (
 )
 from clipose_ros.model.clip_branch import ClipBranch, ClipModelError, build_clip_branch
 from clipose_ros.model.losses import LossWeights, pose_losses
+from clipose_ros.model.mix import MixedInstances, MixSampler, parse_sources
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
 
@@ -376,7 +377,11 @@ def train(
     rgb_crop_size = dc.get("rgb_crop_size") or (
         branch.image_size if branch is not None and branch.needs_images else None
     )
-    train_root = Path(dc["train"])
+    try:
+        sources = parse_sources(dc["train"])
+    except ValueError as err:
+        raise ConfigError(f"data.train: {err}") from err
+    train_root = sources[0].path  # the held-out scenes (when no data.val) come from the first
     if dc.get("val"):
         val_root: Path | None = Path(dc["val"])
     elif float(dc.get("val_fraction") or 0) > 0:
@@ -390,30 +395,37 @@ def train(
     else:
         val_root = None
     fraction = float(dc.get("train_fraction") or 1.0)
+    if fraction < 1.0 and len(sources) > 1:
+        raise ConfigError("data.train_fraction < 1 takes one training folder, not a mix")
     if fraction < 1.0:
         if main_rank:
             train_root = scarce_subset(train_root, out / "subset", fraction, seed)
         else:
             train_root = out / "subset"
     cache_dir = Path(dc["cache_dir"]) if dc.get("cache_dir") else out / "cache"
+    roots = [train_root] + [s.path for s in sources[1:]]
+    caches = [cache_dir] if len(roots) == 1 else [cache_dir / f"mix_{i}" for i in range(len(roots))]
     if main_rank:
-        ensure_cache(
-            train_root,
-            cache_dir,
-            points,
-            rgb_crop_size=rgb_crop_size,
-            intrinsics=dc["intrinsics"],
-            progress=progress,
-        )
+        for root, folder in zip(roots, caches, strict=True):
+            ensure_cache(
+                root,
+                folder,
+                points,
+                rgb_crop_size=rgb_crop_size,
+                intrinsics=dc["intrinsics"],
+                progress=progress,
+            )
     if world > 1:
         dist.barrier()
-    dataset = CachedInstances(cache_dir, augment=augment, seed=seed)
     batch = int(tc["batch_size"])
-    if len(dataset) < batch * world:
-        raise ConfigError(f"{len(dataset)} training instances < one batch ({batch} x {world})")
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    dataset, sampler = _training_data(
+        caches, [s.weight for s in sources], augment, seed, dc.get("epoch_samples"), rank, world
     )
+    if len(sampler) < batch:
+        raise ConfigError(
+            f"{len(dataset)} training instances, {len(sampler)} samples per epoch and process: "
+            f"less than one batch ({batch} x {world})"
+        )
     steps_per_epoch = len(sampler) // batch
     epochs = int(tc["epochs"])
     total_steps = epochs * steps_per_epoch
@@ -481,6 +493,8 @@ def train(
 
     data_desc = {
         "train": str(dc["train"]),
+        "sources": [{"path": str(r), "weight": s.weight} for r, s in zip(roots, sources,
+                                                                          strict=True)],
         "train_instances": len(dataset),
         "val": str(val_root) if val_root else None,
         "cache_key": dataset.manifest["key"],
@@ -667,6 +681,33 @@ def train(
     return history[-1] if history else {}
 
 
+def _training_data(
+    caches: list[Path],
+    weights: list[float],
+    augment: AugmentConfig,
+    seed: int,
+    epoch_samples: int | None,
+    rank: int,
+    world: int,
+) -> tuple[CachedInstances | MixedInstances, Sampler[int]]:
+    """One cache: shuffled epochs over it (as always). Several: mixed by weight (model/mix.py),
+    which the log states with each folder's share."""
+    parts = [CachedInstances(c, augment=augment, seed=seed) for c in caches]
+    if len(parts) == 1:
+        sampler = DistributedSampler(
+            parts[0], num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        return parts[0], sampler
+    dataset = MixedInstances(parts)
+    try:
+        sampler = MixSampler(dataset.sizes, weights, seed, epoch_samples, rank, world)
+    except ValueError as err:
+        raise ConfigError(f"data.train mix: {err}") from err
+    for cache, size, count in zip(caches, dataset.sizes, sampler.counts, strict=True):
+        log.info("mix: %s (%d instances) gives %d samples per epoch", cache, size, count)
+    return dataset, sampler
+
+
 def _clip_enabled(cfg: dict[str, Any]) -> bool:
     return bool((cfg.get("clip") or {}).get("enabled", False))
 
@@ -695,7 +736,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--data", type=Path, default=None, help="overrides data.train")
+    parser.add_argument(
+        "--data", nargs="+", default=None, metavar="FOLDER[:WEIGHT]",
+        help="overrides data.train; several folders are mixed by weight, e.g. "
+        "CAMERA/train:3 Real/train:1 (the field's REAL275 training)",
+    )
     parser.add_argument("--val-data", type=Path, default=None, help="overrides data.val")
     parser.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (train.device)")
@@ -708,7 +753,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, args.set)
         if args.data:
-            cfg["data"]["train"] = str(args.data)
+            cfg["data"]["train"] = args.data[0] if len(args.data) == 1 else list(args.data)
         if args.val_data:
             cfg["data"]["val"] = str(args.val_data)
         if args.epochs is not None:
