@@ -1,7 +1,7 @@
 """The segmenter, and the whole pipeline, on the few real frames at hand (`../shared/real_samples`).
 
 Usage:
-  .venv/bin/python bench/real_frames.py [--weights models/yoloseg_coco_nocs.onnx] [--imgsz 416]
+  .venv/bin/python bench/real_frames.py [--weights models/yoloseg_coco_nocs.onnx] [--imgsz 320]
       [--pose-model models/clipose_pose.pt] [--score 0.5] [--samples ../shared/real_samples]
       [--out bench_out/real_frames]
 
@@ -218,7 +218,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=ROOT / "models/yoloseg_coco_nocs.onnx")
-    parser.add_argument("--imgsz", type=int, default=416, help="long side, for .pt weights")
+    parser.add_argument("--imgsz", type=int, default=320, help="long side, for .pt weights")
     parser.add_argument("--pose-model", type=Path, default=ROOT / "models/clipose_pose.pt")
     parser.add_argument("--score", type=float, default=0.5, help="the node's score_threshold")
     parser.add_argument("--threads", type=int, default=2)

@@ -31,9 +31,11 @@ from clipose_ros.pipeline import PosePipeline, TrackerConfig, build_pipeline, dr
 
 PACKAGE = "clipose_ros"
 DEFAULT_POSE_MODEL = "models/clipose_pose.pt"
-# The ONNX export runs on OpenVINO / ONNX Runtime: on a CPU 2-3x faster than the .pt (see
-# models/yoloseg_synth.md); with device cuda pass models/yoloseg_synth.pt.
-DEFAULT_SEGMENTER_WEIGHTS = "models/yoloseg_synth.onnx"
+# COCO-pretrained, fine-tuned to the six categories: finds real objects (models/
+# yoloseg_coco_nocs.md; AGPL-3.0 weights). The ONNX export runs on OpenVINO on a CPU; with
+# device cuda pass models/yoloseg_coco_nocs.pt. models/yoloseg_synth.* is the from-scratch
+# alternative (generated frames only, Apache-2.0).
+DEFAULT_SEGMENTER_WEIGHTS = "models/yoloseg_coco_nocs.onnx"
 # Input topics (relative: a namespace applies); remap them to your camera's.
 RGB_TOPIC = "camera/color/image_raw"
 DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"

@@ -5,7 +5,7 @@
 tracker that gives every physical object an id that survives short gaps, so a grasp pipeline
 can follow one object across frames. Each stage is timed per frame. Usable from a notebook:
 
-    pipeline = build_pipeline("models/clipose_pose.pt", "models/yoloseg_synth.pt")
+    pipeline = build_pipeline("models/clipose_pose.pt", "models/yoloseg_coco_nocs.pt")
     result = pipeline.process(Frame(rgb, depth, K))
 """
 

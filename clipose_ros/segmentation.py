@@ -44,7 +44,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 
 GET_WEIGHTS_HINT = (
-    "The package ships models/yoloseg_synth.pt (and .onnx), trained on its synthetic scenes; "
+    "The package ships models/yoloseg_coco_nocs.pt (and .onnx; COCO-pretrained, AGPL-3.0) and "
+    "models/yoloseg_synth.pt (and .onnx; trained on its synthetic scenes only); "
     "train your own with `clipose-yolo-labels` + `clipose-train-seg` (README, 'Segmentation'), "
     "or pass any ultralytics YOLO-seg .pt / .onnx / *_openvino_model folder."
 )

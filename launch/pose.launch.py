@@ -5,7 +5,7 @@
         rgb_topic:=/camera/color/image_raw \\
         depth_topic:=/camera/aligned_depth_to_color/image_raw \\
         camera_info_topic:=/camera/color/camera_info use_rviz:=true \\
-        device:=cuda segmenter_weights:=models/yoloseg_synth.pt
+        device:=cuda segmenter_weights:=models/yoloseg_coco_nocs.pt
 
 Parameters come from config/pose.yaml (``params_file``); the arguments below override single
 values. Where launch_ros is not installed (ROS 2 from PyPI wheels), ``clipose-demo`` starts the
@@ -25,7 +25,7 @@ ARGUMENTS = {
                     "Depth registered to the RGB image (16UC1 mm / 32FC1 m)"),
     "camera_info_topic": ("camera/color/camera_info", "CameraInfo of the RGB image"),
     "pose_model": ("models/clipose_pose.pt", "Exported CLIPose TorchScript model"),
-    "segmenter_weights": ("models/yoloseg_synth.onnx",
+    "segmenter_weights": ("models/yoloseg_coco_nocs.onnx",
                           "YOLO-seg weights (.onnx: fastest on a CPU; .pt for device cuda)"),
     "device": ("cpu", "cpu, cuda, cuda:N or auto"),
     "score_threshold": ("0.5", "Minimum segmentation score"),

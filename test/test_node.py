@@ -3,7 +3,7 @@ parameters refused at start, and the launch file / parameter file against the de
 
 The plumbing tests run the real PoseNode with test doubles for the models (test/node_doubles.py:
 ground-truth masks, and the NOCS-map reference fitted to the received depth). The end-to-end
-test of the product runs the shipped models (models/clipose_pose.pt, models/yoloseg_synth.pt).
+test of the product runs the shipped models (models/clipose_pose.pt, models/yoloseg_coco_nocs.onnx).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from clipose_ros.synthetic_camera import CAMERA_PARAMS, load_frames, render_scen
 
 ROOT = Path(__file__).resolve().parents[1]
 DOUBLES = str(Path(__file__).with_name("node_doubles.py"))
-SHIPPED = (ROOT / "models" / "clipose_pose.pt", ROOT / "models" / "yoloseg_synth.onnx")
+SHIPPED = (ROOT / "models" / "clipose_pose.pt", ROOT / "models" / "yoloseg_coco_nocs.onnx")
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 PARAMS_FILE = str(ROOT / "config" / "pose.yaml")
 
@@ -257,21 +257,23 @@ def shipped(ros, tmp_path_factory):
 
 def test_end_to_end_with_the_shipped_models(shipped):
     """Plumbing as with the doubles, and accuracy floors under what the shipped models measured
-    here (models/clipose_pose.md, models/yoloseg_synth.md): a regression guard, not the bar."""
+    here (models/clipose_pose.md, models/yoloseg_coco_nocs.md): a regression guard, not the
+    bar."""
     frames, tf = shipped
     summary = check_end_to_end(frames, tf, "clipose/", min_frames=3 * SHIPPED_SCENES)
     print("shipped models end to end:", {k: v for k, v in summary.items() if k != "per_class"})
-    # Measured here with the models retrained on structured-light frames, on the camera's
-    # default structured-light frames: 73 % of objects detected with the right class within
-    # 10 cm, 71 % within 10 deg and 5 cm, median 2.6 deg / 1.0 cm (the clean-trained models on
-    # clean frames: 69 % and 59 %).
-    assert summary["paired_fraction"] >= 0.6, summary
-    assert summary["found_fraction"] >= 0.5, summary
+    # Measured here on the camera's default structured-light frames with the COCO-based
+    # segmenter (yoloseg_coco_nocs, chosen for real frames): 57 % of objects detected with the
+    # right class within 10 cm, 51 % within 10 deg and 5 cm, median 2.4 deg / 1.4 cm. The
+    # from-scratch segmenter, trained on such frames only, gave 73 % and 71 % here but finds
+    # nothing in real frames.
+    assert summary["paired_fraction"] >= 0.5, summary
+    assert summary["found_fraction"] >= 0.42, summary
     assert summary["translation_error_cm_median"] < 3.0, summary
     assert summary["rotation_error_deg_median"] < 10.0, summary
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped models find 71 % of the objects within "
+@pytest.mark.xfail(strict=True, reason="the shipped models find 51 % of the objects within "
                    "10 deg and 5 cm here (pose-network and segmentation model cards); the "
                    "issue's bar is 90 %. Remove this mark when a model reaches it.")
 def test_shipped_models_meet_the_issues_bar(shipped):
