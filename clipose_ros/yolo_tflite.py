@@ -70,24 +70,18 @@ def match_convolutions(
     """
 
     def keys(graph: dict[str, ConvNode]) -> dict[str, str]:
-        up: dict[str, str] = {}
-        down: dict[str, str] = {}
+        cache: dict[tuple[str, str], str] = {}
 
-        def key_up(name: str) -> str:
-            if name not in up:
+        def key(name: str, direction: str) -> str:
+            """Shape and stride, and recursively the keys of the neighbours that way."""
+            if (name, direction) not in cache:
                 node = graph[name]
-                up[name] = _digest(node.transposed, node.weight_shape, node.stride,
-                                   sorted(key_up(p) for p in node.parents))
-            return up[name]
+                cache[name, direction] = _digest(
+                    node.transposed, node.weight_shape, node.stride,
+                    sorted(key(n, direction) for n in getattr(node, direction)))
+            return cache[name, direction]
 
-        def key_down(name: str) -> str:
-            if name not in down:
-                node = graph[name]
-                down[name] = _digest(node.transposed, node.weight_shape, node.stride,
-                                     sorted(key_down(c) for c in node.children))
-            return down[name]
-
-        return {name: _digest(key_up(name), key_down(name)) for name in graph}
+        return {name: _digest(key(name, "parents"), key(name, "children")) for name in graph}
 
     keys_a, keys_b = keys(graph_a), keys(graph_b)
     by_key_b: dict[str, list[str]] = {}
