@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES
+from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
 from clipose_ros.segmentation import YoloSegmenter
 from clipose_ros.structures import Frame, Instance
@@ -50,13 +51,6 @@ REAL275_OBJECTS = [
 ]
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180)]
-
-
-def box_iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def xyxy(inst: Instance) -> tuple[int, int, int, int]:

@@ -716,6 +716,14 @@ def plot_ap_curves(metrics: Mapping[str, Any], path: str | os.PathLike, mode: st
     fig.savefig(os.fspath(path), dpi=100)
 
 
+def box_iou_2d(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two image boxes given as (x1, y1, x2, y2)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks (1 when both are empty)."""
     union = np.count_nonzero(a | b)

@@ -205,14 +205,33 @@ class _OnnxRuntimeBackend(_ExportedBackend):
         return pred, proto
 
 
+def _compile_on_cpu(model_file: Path, threads: int | None, precision: str):
+    """(model, compiled model, infer request) of any file OpenVINO reads, compiled for low
+    latency on the CPU; an unreadable file raises :class:`SegmenterWeightsError` naming it."""
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    try:
+        model = core.read_model(str(model_file))
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as err:  # noqa: BLE001 - any failure means an unusable file
+        raise SegmenterWeightsError(
+            f"OpenVINO cannot load {model_file}: {err}. {GET_WEIGHTS_HINT}"
+        ) from err
+    return model, compiled, compiled.create_infer_request()
+
+
 class _OpenVinoBackend(_ExportedBackend):
     """OpenVINO on the CPU: reads the ONNX export directly, or an ``*_openvino_model`` IR."""
 
     def __init__(
         self, path: Path, device: str, threads: int | None, precision: str = "auto"
     ) -> None:
-        import openvino as ov
-
         if device != "cpu":
             raise ValueError(f"the OpenVINO back-end runs on the CPU only (device {device!r})")
         if path.is_dir():
@@ -227,21 +246,8 @@ class _OpenVinoBackend(_ExportedBackend):
         else:
             model_file = path
             meta = _onnx_metadata(path) if path.suffix == ".onnx" else {}
-        core = ov.Core()
-        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        if precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = precision
-        try:
-            model = core.read_model(str(model_file))
-            self.compiled = core.compile_model(model, "CPU", config)
-        except Exception as err:  # noqa: BLE001
-            raise SegmenterWeightsError(
-                f"OpenVINO cannot load {model_file}: {err}. {GET_WEIGHTS_HINT}"
-            ) from err
+        model, self.compiled, self.request = _compile_on_cpu(model_file, threads, precision)
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.request = self.compiled.create_infer_request()
         shape = model.input(0).get_partial_shape()
         dims = [d.get_length() if d.is_static else -1 for d in shape]
         self._set_metadata(meta, path, dims)
@@ -257,23 +263,12 @@ class _TfliteBackend(_ExportedBackend):
     Class names from the export's metadata, else COCO's for an 80-class model."""
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
-        import openvino as ov
-
         from clipose_ros.yolo_tflite import coco_names, tflite_metadata_names
 
         if device != "cpu":
             raise ValueError(f"a .tflite model runs on the CPU only (device {device!r})")
-        config: dict = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            model = ov.Core().read_model(str(path))
-            self.compiled = ov.Core().compile_model(model, "CPU", config)
-        except Exception as err:  # noqa: BLE001
-            raise SegmenterWeightsError(
-                f"OpenVINO cannot load {path}: {err}. {GET_WEIGHTS_HINT}"
-            ) from err
-        self.request = self.compiled.create_infer_request()
+        model, self.compiled, self.request = _compile_on_cpu(path, threads, "f32")
+        self.precision = "f32"
         shape = [d.get_length() if d.is_static else -1 for d in model.input(0).get_partial_shape()]
         if len(shape) != 4 or shape[3] != 3:
             raise SegmenterWeightsError(f"{path}: input shape {shape} is not NHWC RGB")

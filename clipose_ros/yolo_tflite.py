@@ -326,7 +326,7 @@ def convert(
     from ultralytics.nn.tasks import SegmentationModel
 
     graph = read_tflite_graph(tflite)
-    names = tflite_metadata_names(tflite) or None
+    names = tflite_metadata_names(tflite)
     model = SegmentationModel(model_yaml, nc=len(names) if names else 80, verbose=False)
     target = torch_conv_graph(model)
     # Fixed convolutions (the DFL's arange kernel) are not weights to import, and the TFLite

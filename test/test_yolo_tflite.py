@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.metrics import box_iou_2d, mask_iou
 from clipose_ros.segmentation import letterbox, load_backend
 from clipose_ros.yolo_tflite import (
     TfliteImportError,
@@ -57,18 +58,6 @@ def _detections(backend, rgb: np.ndarray, min_score: float = 0.25) -> list[dict]
     return out
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
-
-
 def _images() -> list[tuple[str, np.ndarray]]:
     paths = [SAMPLES / "real275_cppf" / "0000_color.png",
              SAMPLES / "d435_mug_sarnet" / "0000_image.png",
@@ -105,9 +94,9 @@ def test_converted_model_gives_the_tflite_detections(converted, tmp_path):
                 confident += 1
                 same = [o for o in other if o["cls"] == det["cls"]]
                 assert same, f"{name}: class {det['cls']} ({det['score']:.2f}) found by one only"
-                best = max(same, key=lambda o: _box_iou(det["box"], o["box"]))
-                assert _box_iou(det["box"], best["box"]) >= 0.9, name
-                assert _mask_iou(det["mask"], best["mask"]) >= 0.85, name
+                best = max(same, key=lambda o: box_iou_2d(det["box"], o["box"]))
+                assert box_iou_2d(det["box"], best["box"]) >= 0.9, name
+                assert mask_iou(det["mask"], best["mask"]) >= 0.85, name
     assert confident >= 10  # the real frames hold confident COCO objects (laptop, cups, bowls)
 
 
