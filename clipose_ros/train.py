@@ -61,7 +61,10 @@ log = logging.getLogger("clipose.train")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
 VAL_KEYS = ("IoU50", "IoU75", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
-LOSS_KEYS = ("total", "rot_y", "rot_x", "conf", "translation", "size", "point_coords")
+LOSS_KEYS = (
+    "total", "rot_y", "rot_x", "conf", "translation", "size", "point_coords", "orthogonality",
+    "point_matching",
+)
 CLIP_LOSS_KEYS = ("clip_point_image", "clip_point_text", "clip_image_text")
 
 
@@ -419,7 +422,14 @@ def train(
         dist.barrier()
     batch = int(tc["batch_size"])
     dataset, sampler = _training_data(
-        caches, [s.weight for s in sources], augment, seed, dc.get("epoch_samples"), rank, world
+        caches,
+        [s.weight for s in sources],
+        augment,
+        seed,
+        dc.get("epoch_samples"),
+        rank,
+        world,
+        int(dc.get("handle_min_depth_points") or 0),
     )
     if len(sampler) < batch:
         raise ConfigError(
@@ -689,10 +699,14 @@ def _training_data(
     epoch_samples: int | None,
     rank: int,
     world: int,
+    handle_min: int = 0,
 ) -> tuple[CachedInstances | MixedInstances, Sampler[int]]:
     """One cache: shuffled epochs over it (as always). Several: mixed by weight (model/mix.py),
     which the log states with each folder's share."""
-    parts = [CachedInstances(c, augment=augment, seed=seed) for c in caches]
+    parts = [
+        CachedInstances(c, augment=augment, seed=seed, handle_min_depth_points=handle_min)
+        for c in caches
+    ]
     if len(parts) == 1:
         sampler = DistributedSampler(
             parts[0], num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True

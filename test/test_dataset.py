@@ -472,3 +472,47 @@ def test_erosion_that_leaves_only_outliers_falls_back_to_the_whole_mask(monkeypa
     assert out is not None
     points, *_, count = out
     assert count == 1600 and np.allclose(points[:, 2], 0.8, atol=1e-6)
+
+
+def test_ray_roll_keeps_points_on_the_box_and_the_object_on_its_ray(scene):
+    """The roll turns points and labels together about the camera ray through the object."""
+    root, _ = scene
+    aug = AugmentConfig(ray_roll=True, ray_roll_prob=1.0, max_ray_roll_deg=45.0)
+    ds = NocsInstanceDataset(root, augment=aug)
+    plain = NocsInstanceDataset(root)
+    i = index_of(ds, BOX_A.instance_id)
+    angles = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        sample = ds[i]
+        assert_on_box_surface(sample)
+        t = sample["t"].double().numpy()
+        ray = BOX_A.t / np.linalg.norm(BOX_A.t)
+        np.testing.assert_allclose(t / np.linalg.norm(t), ray, atol=1e-6)  # same ray
+        assert np.linalg.norm(t) == pytest.approx(np.linalg.norm(BOX_A.t), abs=1e-6)
+        R = sample["R"].double().numpy()
+        angles.append(np.degrees(np.arccos(np.clip((np.trace(R @ BOX_A.R.T) - 1) / 2, -1, 1))))
+        # the same sampled points, each at its distance from the camera: the same surface
+        plain.set_epoch(epoch)
+        d_aug = np.linalg.norm(sample["points"].double().numpy(), axis=1)
+        d_plain = np.linalg.norm(plain[i]["points"].double().numpy(), axis=1)
+        np.testing.assert_allclose(d_aug, d_plain, atol=1e-6)
+    assert max(angles) > 1.0 and max(angles) <= 45.0 + 1e-4
+
+
+def test_handle_points_in_depth_counts_only_points_on_the_handle():
+    from clipose_ros.data.dataset import handle_points_in_depth
+
+    rng = np.random.default_rng(0)
+    extents = np.array([0.72, 0.43, 0.54])  # label frame: body radius 0.27, handle to +0.36
+    body = rng.uniform(-1, 1, (500, 3)) * [0.27, 0.2, 0.27]
+    handle = np.column_stack(
+        [rng.uniform(0.34, 0.41, 40), rng.uniform(-0.15, 0.15, 40), rng.uniform(-0.1, 0.1, 40)]
+    )
+    R = rotation_about_axis([0.3, 1.0, 0.2], 0.7)
+    t, s = np.array([0.1, -0.05, 0.8]), 0.12
+    to_camera = lambda q: (s * q) @ R.T + t  # noqa: E731
+    assert handle_points_in_depth(to_camera(body), R, t, s, extents) == 0
+    assert handle_points_in_depth(to_camera(np.vstack([body, handle])), R, t, s, extents) == 40
+    far = np.array([[2.0, 0.0, 0.0]])  # a flying pixel beyond the handle's reach
+    assert handle_points_in_depth(to_camera(far), R, t, s, extents) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from clipose_ros.model.network import NetConfig, PoseNet, assemble_rotation, knn
 SMALL = NetConfig(
     n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64
 )
+POINTWISE = replace(SMALL, head="pointwise", norm=True, point_hidden=32, head_point_hidden=16)
+ALL_TERMS = LossWeights(orthogonality=1.0, point_matching=2.0)
 
 
 def make_net(seed: int = 0, cfg: NetConfig = SMALL) -> PoseNet:
@@ -50,8 +53,8 @@ def test_output_shapes_and_features():
 
 def test_translation_is_a_residual_on_the_centroid_and_size_on_the_mean():
     net = make_net()
-    torch.nn.init.zeros_(net.ts_head.weight)
-    torch.nn.init.zeros_(net.ts_head.bias)
+    torch.nn.init.zeros_(net.heads.ts_head.weight)
+    torch.nn.init.zeros_(net.heads.ts_head.bias)
     pts, cls = object_batch()
     _, t, size, _ = net.eval()(pts, cls)
     assert torch.allclose(t, pts.mean(1), atol=1e-6)
@@ -184,3 +187,77 @@ def test_config_round_trip_and_validation():
         NetConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="n_coarse"):
         NetConfig(n_graph=64, n_coarse=128)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, POINTWISE], ids=["pooled", "pointwise"])
+def test_both_head_layouts_learn_with_every_loss_term_and_script_exactly(cfg):
+    net = make_net(cfg=cfg)
+    pts, cls, R, t, size, sym = fixed_batch()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    first = None
+    for _ in range(8):
+        losses = pose_losses(net.predict(pts, cls), R, t, size, sym, ALL_TERMS)
+        first = float(losses["total"].detach()) if first is None else first
+        assert float(losses["point_matching"]) > 0 and float(losses["orthogonality"]) > 0
+        opt.zero_grad()
+        losses["total"].backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        final = float(pose_losses(net.predict(pts, cls), R, t, size, sym, ALL_TERMS)["total"])
+    assert final < 0.9 * first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(net)
+    with torch.no_grad():
+        for a, b in zip(net(pts, cls), scripted(pts, cls), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+        assert_proper(net(pts, cls)[0])
+
+
+def test_pointwise_feature_is_the_encoders_own_without_the_one_hot():
+    """The CLIP branch aligns ``feature``: it must not be matchable from the class alone."""
+    net = make_net(cfg=POINTWISE).eval()
+    pts, _ = object_batch(b=2)
+    with torch.no_grad():
+        a = net.features(pts, torch.tensor([1, 1]))
+        b = net.features(pts, torch.tensor([6, 3]))
+        pose_a = net.predict(pts, torch.tensor([1, 1]))["y"]
+        pose_b = net.predict(pts, torch.tensor([6, 3]))["y"]
+    assert a.shape == (2, net.feature_dim) and torch.equal(a, b)
+    assert not torch.allclose(pose_a, pose_b)  # the heads do see the class
+
+
+def test_point_matching_and_orthogonality_vanish_at_the_truth():
+    pts, cls, R, t, size, sym = fixed_batch()
+    p = pts[:, :128] - pts.mean(1, keepdim=True)
+    out = {
+        "y": R[:, :, 1] * 2.0,  # unnormalised axes are fine
+        "x": R[:, :, 0],
+        "conf_y": torch.full((8,), 0.9),
+        "conf_x": torch.full((8,), 0.9),
+        "t": t,
+        "size": size,
+        "point_coords": torch.zeros(8, 128, 3),
+        "fine_points": p,
+        "centroid": pts.mean(1),
+    }
+    losses = pose_losses(out, R, t, size, sym, ALL_TERMS)
+    assert float(losses["point_matching"]) < 1e-5 and float(losses["orthogonality"]) < 1e-6
+    spin = torch.tensor(rotation_about_axis([1, 0, 0], 0.3), dtype=torch.float32)
+    out["y"] = (R @ spin)[:, :, 1]
+    out["x"] = (R @ spin)[:, :, 0]
+    assert float(pose_losses(out, R, t, size, sym, ALL_TERMS)["point_matching"]) > 0.01
+
+
+def test_checkpoints_from_before_the_head_layouts_still_load():
+    net = make_net()
+    old_style = {
+        (k[len("heads."):] if k.startswith("heads.") else k): v
+        for k, v in net.state_dict().items()
+    }
+    assert "trunk.0.weight" in old_style
+    fresh = make_net(seed=1)
+    fresh.load_state_dict(old_style)
+    for k, v in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)

@@ -43,9 +43,14 @@ class AugmentConfig:
     scale_perturbation: bool = False
     scale_prob: float = 0.3
     scale_range: tuple[float, float] = (0.8, 1.2)
+    # Roll of the camera about the ray through the object centre: exact for a partial view
+    # (the same surface is seen, only the image plane turns), so it costs nothing in realism.
+    ray_roll: bool = False
+    ray_roll_prob: float = 0.5
+    max_ray_roll_deg: float = 45.0
 
     def __post_init__(self) -> None:
-        for name in ("erosion_prob", "jitter_prob", "pose_prob", "scale_prob"):
+        for name in ("erosion_prob", "jitter_prob", "pose_prob", "scale_prob", "ray_roll_prob"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {p}")
@@ -54,14 +59,16 @@ class AugmentConfig:
         low, high = self.scale_range
         if not 0.0 < low <= high:
             raise ValueError(f"AugmentConfig.scale_range must satisfy 0 < low <= high: {low, high}")
-        if min(self.jitter_sigma_m, self.jitter_clip_m, self.max_rotation_deg) < 0:
+        if min(self.jitter_sigma_m, self.jitter_clip_m, self.max_rotation_deg,
+               self.max_ray_roll_deg) < 0:
             raise ValueError("AugmentConfig magnitudes must be non-negative")
         if self.max_translation_m < 0:
             raise ValueError("AugmentConfig.max_translation_m must be non-negative")
 
     @classmethod
     def preset(cls, train: bool, **overrides: object) -> AugmentConfig:
-        """All four augmentations on for ``train=True``, all off otherwise; ``overrides`` win."""
+        """The four HS-Pose augmentations on for ``train=True`` (the ray roll stays as the
+        config says), all off otherwise; ``overrides`` win."""
         flags = dict.fromkeys(
             ("mask_erosion", "point_jitter", "pose_perturbation", "scale_perturbation"), train
         )
@@ -74,6 +81,7 @@ class AugmentConfig:
             or self.point_jitter
             or self.pose_perturbation
             or self.scale_perturbation
+            or self.ray_roll
         )
 
 
@@ -125,6 +133,21 @@ def perturb_pose(
     dt = rng.uniform(-max_translation, max_translation, size=3)
     new_points = (points - t) @ dR.T + t + dt
     return new_points, dR @ R, t + dt
+
+
+def roll_about_ray(
+    points: np.ndarray, R: np.ndarray, t: np.ndarray, rng: np.random.Generator, max_deg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn the scene about the camera ray through ``t`` by an angle in ``[-max, max]``.
+
+    A rotation ``Q`` about an axis through the camera centre moves every point along with the
+    object: ``p' = Q p``, ``R' = Q R``, ``t' = Q t``. The camera still sees the same surface
+    (as if the camera had rolled), so unlike :func:`perturb_pose` the partial view stays
+    exactly consistent. Returns (points, R, t).
+    """
+    axis = t / max(float(np.linalg.norm(t)), 1e-9)
+    Q = rotation_about_axis(axis, np.radians(rng.uniform(-max_deg, max_deg)))
+    return points @ Q.T, Q @ R, Q @ t
 
 
 def perturb_scale(

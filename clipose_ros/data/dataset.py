@@ -54,6 +54,7 @@ from clipose_ros.data.augment import (
     jitter_points,
     perturb_pose,
     perturb_scale,
+    roll_about_ray,
 )
 from clipose_ros.data.nocs_format import (
     FrameLabel,
@@ -163,11 +164,37 @@ def prepare_instance(
         points, s, e = perturb_scale(
             points, R, t, s, e, rng, aug.scale_range, tie_xz=name in SYMMETRIC_CATEGORIES
         )
+    if aug.ray_roll and rng.random() < aug.ray_roll_prob:
+        points, R, t = roll_about_ray(points, R, t, rng, aug.max_ray_roll_deg)
     if aug.pose_perturbation and rng.random() < aug.pose_prob:
         points, R, t = perturb_pose(points, R, t, rng, aug.max_rotation_deg, aug.max_translation_m)
     if aug.point_jitter and rng.random() < aug.jitter_prob:
         points = jitter_points(points, rng, aug.jitter_sigma_m, aug.jitter_clip_m)
     return points, R, t, float(s), e, count
+
+
+def handle_points_in_depth(
+    points: np.ndarray, R: np.ndarray, t: np.ndarray, s: float, extents: np.ndarray
+) -> int:
+    """How many camera-frame ``points`` of a mug lie on its handle, by geometry.
+
+    In the mug's label frame (the symmetric box, body axis on y) the body's radius is half
+    the z extent and the handle reaches out along +x to half the x extent. A point is on the
+    handle when it lies beyond the body (x > 1.2 radius), within the handle's reach and
+    height, and near the x-y plane (|z| < half the radius). Works for any data with a true
+    pose, real or generated, so the training label can say whether the handle is in the
+    *depth* (what the network sees), not only in the image.
+    """
+    q = (np.asarray(points, np.float64) - t) @ R / max(float(s), 1e-9)
+    e = np.asarray(extents, np.float64)
+    radius = e[2] / 2
+    on_handle = (
+        (q[:, 0] > 1.2 * radius)
+        & (q[:, 0] < 0.575 * e[0])
+        & (np.abs(q[:, 2]) < 0.5 * radius)
+        & (np.abs(q[:, 1]) < e[1] / 2)
+    )
+    return int(np.count_nonzero(on_handle))
 
 
 class NocsInstanceDataset(Dataset):

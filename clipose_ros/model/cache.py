@@ -31,15 +31,17 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from clipose_ros.categories import class_name, is_symmetric
+from clipose_ros.categories import CLASS_IDS, class_name, is_symmetric
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import (
     CLIP_FILL,
     NocsInstanceDataset,
+    handle_points_in_depth,
     prepare_instance,
     square_crop,
 )
 from clipose_ros.data.nocs_format import frame_path, read_color, read_depth, read_mask
+from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
 from clipose_ros.points import PointsConfig, prepare_points_with_reason
 
 log = logging.getLogger("clipose.cache")
@@ -274,6 +276,7 @@ class CachedInstances(Dataset):
         folder: Path,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        handle_min_depth_points: int = 0,
     ) -> None:
         folder = Path(folder)
         try:
@@ -303,6 +306,36 @@ class CachedInstances(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.class_ids = self.index["class_id"]
+        self.handle_min_depth_points = int(handle_min_depth_points)
+        self.handles_hidden_in_depth = 0
+        if self.handle_min_depth_points > 0:
+            self._handles_from_depth()
+
+    def _handles_from_depth(self) -> None:
+        """Mark a mug's handle hidden when fewer than ``handle_min_depth_points`` of its
+        depth points lie on the handle: a handle seen in the image but lost to a depth hole
+        or a projector shadow is not in the network's input, and an x-axis target there
+        contradicts the input (those samples then train as symmetric)."""
+        ix = self.index
+        handle = ix["handle"].copy()
+        mug = CLASS_IDS["mug"]
+        for i in np.flatnonzero((self.class_ids == mug) & handle):
+            depth, mask, K = self.crop(int(i))
+            rows, cols = valid_depth_pixels(depth, mask)
+            points = backproject_pixels(depth, K, rows, cols)
+            seen = handle_points_in_depth(points, ix["R"][i], ix["t"][i], ix["s"][i],
+                                          ix["extents"][i])
+            handle[i] = seen >= self.handle_min_depth_points
+        self.handles_hidden_in_depth = int(np.count_nonzero(ix["handle"] & ~handle))
+        log.info(
+            "%s: %d of %d mugs labelled with a visible handle have fewer than %d handle points "
+            "in depth: trained as symmetric",
+            self.folder,
+            self.handles_hidden_in_depth,
+            int(np.count_nonzero((self.class_ids == mug) & ix["handle"])),
+            self.handle_min_depth_points,
+        )
+        ix["handle"] = handle
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -7,6 +7,12 @@
   (the x confidence of a symmetric sample is pushed to 0, so that a mug whose handle is
   hidden learns to trust its y axis alone);
 * translation and size: L1 in metres;
+* orthogonality (asymmetric samples): ``|y . x|`` of the predicted unit axes, which the
+  assembly otherwise has to resolve by its confidences;
+* point matching: the true object-frame coordinates of the fine points turned by the
+  assembled predicted rotation against the same points turned by the true one, in units of
+  the object's size (for symmetric samples only the y axis counts), so that the rotation is
+  judged where it moves the surface most (HS-Pose / GPV-Pose have such a term);
 * per-point object-frame coordinates of the fine points ``R^T (p - t)``: L1 in metres; for
   symmetric samples only the height along y and the distance from the y axis count.
 """
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipose_ros.model.config import dataclass_from_dict
+from clipose_ros.model.network import assemble_rotation
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class LossWeights:
     translation: float = 5.0
     size: float = 5.0
     point_coords: float = 3.0
+    orthogonality: float = 0.0
+    point_matching: float = 0.0
     conf_scale_rad: float = 0.1
 
     def to_dict(self) -> dict:
@@ -40,6 +49,10 @@ class LossWeights:
     @classmethod
     def from_dict(cls, d: dict) -> LossWeights:
         return dataclass_from_dict(cls, d, "loss config")
+
+
+def _norm_rows(v: Tensor) -> Tensor:
+    return (v * v).sum(-1).sqrt().clamp_min(1e-6)
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -86,6 +99,21 @@ def pose_losses(
     sym_err = ((pred[..., 1] - local[..., 1]).abs() + (radial_pred - radial_gt).abs()).mean(-1)
     loss_pc = torch.where(symmetric.bool(), sym_err, full).mean()
 
+    zero = torch.zeros((), dtype=R.dtype, device=R.device)
+    loss_orth = zero
+    if weights.orthogonality > 0:
+        dot = (y_pred * x_pred).sum(-1).abs()
+        loss_orth = (dot * asym).sum() / asym.sum().clamp_min(1.0)
+    loss_pm = zero
+    if weights.point_matching > 0:
+        R_pred = assemble_rotation(
+            out["y"], out["x"], out["conf_y"].detach(), out["conf_x"].detach() * asym
+        )
+        q = local / _norm_rows(size).view(-1, 1, 1)  # object-frame coordinates / object size
+        moved_err = torch.bmm(q, (R_pred - R).transpose(1, 2)).abs().sum(-1).mean(-1)
+        y_err = (q[..., 1:2] * (R_pred[:, :, 1] - y_gt).unsqueeze(1)).abs().sum(-1).mean(-1)
+        loss_pm = torch.where(symmetric.bool(), y_err, moved_err).mean()
+
     total = (
         weights.rot_y * loss_y
         + weights.rot_x * loss_x
@@ -93,6 +121,8 @@ def pose_losses(
         + weights.translation * loss_t
         + weights.size * loss_s
         + weights.point_coords * loss_pc
+        + weights.orthogonality * loss_orth
+        + weights.point_matching * loss_pm
     )
     return {
         "total": total,
@@ -102,4 +132,6 @@ def pose_losses(
         "translation": loss_t.detach(),
         "size": loss_s.detach(),
         "point_coords": loss_pc.detach(),
+        "orthogonality": loss_orth.detach(),
+        "point_matching": loss_pm.detach(),
     }

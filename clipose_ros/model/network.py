@@ -33,6 +33,7 @@ from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M, SYMMETRIC_CATEGORIE
 from clipose_ros.model.config import dataclass_from_dict
 
 MODEL_VERSION = "clipose-pose-1"
+_POOLED_HEAD_NAMES = ("trunk", "rot_head", "ts_head", "point_head")
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,20 @@ class NetConfig:
     coord_channels: int = 32
     head_hidden: int = 256
     coord_scale: float = 10.0  # metres -> network units for the coordinate branch
+    # "pooled": the heads see max/mean-pooled encoder features through one shared trunk (the
+    # first shipped network). "pointwise": a per-point MLP over the multi-level features (fine,
+    # first layer, coarse layer brought back to the fine points) and the one-hot runs before
+    # the pooling, and each output (y axis, x axis, translation+size) has its own per-point
+    # stage and max-pool, so that a handle, a lens or a hinge can drive its axis (HS-Pose's
+    # layout, our sizes). Defaults stay "pooled" so that older checkpoints still load.
+    head: str = "pooled"
+    point_hidden: int = 128  # "pointwise": width of the shared per-point MLP
+    head_point_hidden: int = 64  # "pointwise": width of each head's per-point stage
+    norm: bool = False  # BatchNorm after the graph convolutions (and in the per-point MLP)
 
     def __post_init__(self) -> None:
+        if self.head not in ("pooled", "pointwise"):
+            raise ValueError(f"NetConfig.head must be 'pooled' or 'pointwise', got {self.head!r}")
         if not 0 < self.n_coarse <= self.n_graph:
             raise ValueError("NetConfig: need 0 < n_coarse <= n_graph")
         if self.k < 1 or self.k >= self.n_coarse:
@@ -180,6 +193,113 @@ def assemble_rotation(y: Tensor, x: Tensor, conf_y: Tensor, conf_x: Tensor) -> T
     return torch.stack([x_new, y_new, z_new], dim=-1)
 
 
+class PointNorm(nn.Module):
+    """BatchNorm over the channels of (B, M, C) point features (an identity when off)."""
+
+    def __init__(self, channels: int, enabled: bool) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels) if enabled else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, m, c = x.size(0), x.size(1), x.size(2)
+        return self.norm(x.reshape(b * m, c)).view(b, m, c)
+
+
+def nearest_index(points: Tensor, targets: Tensor) -> Tensor:
+    """Index (B, M) of each point's nearest target point (targets (B, T, 3))."""
+    sq_p = (points * points).sum(-1).unsqueeze(2)
+    sq_t = (targets * targets).sum(-1).unsqueeze(1)
+    dist = sq_p + sq_t - 2.0 * torch.bmm(points, targets.transpose(1, 2))
+    return dist.argmin(dim=-1)
+
+
+class HeadOutputs(nn.Module):
+    """Shared signature of the two head layouts (TorchScript needs one)."""
+
+    def forward(
+        self, f0: Tensor, f1: Tensor, f3: Tensor, fine: Tensor, coarse: Tensor, onehot: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(rot (B, 8): y, x, two confidence logits; ts (B, 6); per-point coordinates of the
+        fine points (B, M, 3); the encoder's global feature (B, F))."""
+        raise NotImplementedError
+
+
+class PooledHeads(HeadOutputs):
+    """The first network's heads: one trunk over max/mean-pooled features and the one-hot."""
+
+    def __init__(self, cfg: NetConfig, num_classes: int) -> None:
+        super().__init__()
+        self.feature_dim = 2 * (cfg.c4 + cfg.c2) + num_classes
+        h = cfg.head_hidden
+        self.trunk = nn.Sequential(
+            nn.Linear(self.feature_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU()
+        )
+        self.rot_head = nn.Linear(h, 8)  # y (3), x (3), two confidence logits
+        self.ts_head = nn.Linear(h, 6)  # translation residual (3), size residual (3)
+        self.point_head = nn.Sequential(nn.Linear(cfg.c2 + h, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def forward(
+        self, f0: Tensor, f1: Tensor, f3: Tensor, fine: Tensor, coarse: Tensor, onehot: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b = f1.size(0)
+        glob = torch.cat(
+            [f3.max(dim=1)[0], f3.mean(dim=1), f1.max(dim=1)[0], f1.mean(dim=1), onehot], dim=-1
+        ).view(b, self.feature_dim)
+        hidden = self.trunk(glob)
+        per_point = torch.cat([f1, hidden.unsqueeze(1).expand(-1, f1.size(1), -1)], dim=-1)
+        return self.rot_head(hidden), self.ts_head(hidden), self.point_head(per_point), glob
+
+
+def _point_mlp(c_in: int, c_out: int, norm: bool) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(c_in, c_out), PointNorm(c_out, norm), nn.ReLU())
+
+
+class PointwiseHeads(HeadOutputs):
+    """Per-point stage before pooling, one pooled head per output (see ``NetConfig.head``).
+
+    Each fine point gets its own features, its first-layer features, the coarse features of
+    its nearest coarse point and the one-hot; a shared per-point MLP mixes them. The y axis,
+    the x axis and translation+size each run their own per-point layer and max-pool over
+    the points, so each can pick the points that decide it. The global feature the CLIP
+    branch aligns is the encoder's own (pooled levels), without the one-hot.
+    """
+
+    def __init__(self, cfg: NetConfig, num_classes: int) -> None:
+        super().__init__()
+        c_in = cfg.c1 + cfg.coord_channels + cfg.c2 + cfg.c4 + num_classes
+        hp, hh = cfg.point_hidden, cfg.head_point_hidden
+        self.feature_dim = 2 * (cfg.c4 + cfg.c2)
+        self.shared = nn.Sequential(_point_mlp(c_in, hp, cfg.norm), _point_mlp(hp, hp, cfg.norm))
+        self.y_points = _point_mlp(hp, hh, False)
+        self.x_points = _point_mlp(hp, hh, False)
+        self.ts_points = _point_mlp(hp, hh, False)
+        self.y_out = nn.Sequential(nn.Linear(hh, hh), nn.ReLU(), nn.Linear(hh, 4))
+        self.x_out = nn.Sequential(nn.Linear(hh, hh), nn.ReLU(), nn.Linear(hh, 4))
+        self.ts_out = nn.Sequential(nn.Linear(hh + hp, hh), nn.ReLU(), nn.Linear(hh, 6))
+        self.point_head = nn.Sequential(nn.Linear(2 * hp, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def forward(
+        self, f0: Tensor, f1: Tensor, f3: Tensor, fine: Tensor, coarse: Tensor, onehot: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b, m = f1.size(0), f1.size(1)
+        near = nearest_index(fine, coarse)  # (B, M)
+        up = f3.gather(1, near.unsqueeze(-1).expand(-1, -1, f3.size(2)))
+        per_point = torch.cat([f0, f1, up, onehot.unsqueeze(1).expand(-1, m, -1)], dim=-1)
+        shared = self.shared(per_point)  # (B, M, hp)
+        pooled = shared.max(dim=1)[0]
+        y = self.y_out(self.y_points(shared).max(dim=1)[0])
+        x = self.x_out(self.x_points(shared).max(dim=1)[0])
+        ts = self.ts_out(torch.cat([self.ts_points(shared).max(dim=1)[0], pooled], dim=-1))
+        rot = torch.cat([y[:, 0:3], x[:, 0:3], y[:, 3:4], x[:, 3:4]], dim=-1)
+        coords = self.point_head(
+            torch.cat([shared, pooled.unsqueeze(1).expand(-1, m, -1)], dim=-1)
+        )
+        glob = torch.cat(
+            [f3.max(dim=1)[0], f3.mean(dim=1), f1.max(dim=1)[0], f1.mean(dim=1)], dim=-1
+        ).view(b, self.feature_dim)
+        return rot, ts, coords, glob
+
+
 class PoseNet(nn.Module):
     """Points (B, N, 3) metres + class ids (B,) 1..6 -> pose (see the module docstring)."""
 
@@ -202,22 +322,35 @@ class PoseNet(nn.Module):
         self.conv1 = GraphConv(cfg.c1 + cfg.coord_channels, cfg.c2, s)
         self.conv2 = GraphConv(cfg.c2, cfg.c3, s)
         self.conv3 = GraphConv(cfg.c3, cfg.c4, s)
-        self.feature_dim = 2 * (cfg.c4 + cfg.c2) + self.num_classes
-        h = cfg.head_hidden
-        self.trunk = nn.Sequential(
-            nn.Linear(self.feature_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU()
+        self.norm1 = PointNorm(cfg.c2, cfg.norm)
+        self.norm2 = PointNorm(cfg.c3, cfg.norm)
+        self.norm3 = PointNorm(cfg.c4, cfg.norm)
+        heads: HeadOutputs = (
+            PointwiseHeads(cfg, self.num_classes)
+            if cfg.head == "pointwise"
+            else PooledHeads(cfg, self.num_classes)
         )
-        self.rot_head = nn.Linear(h, 8)  # y (3), x (3), two confidence logits
-        self.ts_head = nn.Linear(h, 6)  # translation residual (3), size residual (3)
-        self.point_head = nn.Sequential(nn.Linear(cfg.c2 + h, 64), nn.ReLU(), nn.Linear(64, 3))
+        self.heads = heads
+        self.feature_dim = heads.feature_dim
         mean = torch.from_numpy(np.stack([MEAN_SIZES_M[c] for c in CATEGORIES]).astype(np.float32))
         self.register_buffer("mean_sizes", mean)
         sym = torch.tensor([c in SYMMETRIC_CATEGORIES for c in CATEGORIES], dtype=torch.float32)
         self.register_buffer("symmetric_class", sym)
 
-    def _encode(self, points: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(global feature (B, F), fine per-point features, fine centred points, centroid)."""
-        b = points.size(0)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        """Checkpoints from before the head layouts had ``trunk.``/``rot_head.``/``ts_head.``/
+        ``point_head.`` at the top level: they are the pooled heads, now under ``heads.``."""
+        for name in list(state_dict):
+            rest = name[len(prefix):]
+            if name.startswith(prefix) and rest.split(".")[0] in _POOLED_HEAD_NAMES:
+                state_dict[prefix + "heads." + rest] = state_dict.pop(name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _encode(
+        self, points: Tensor, class_ids: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(f0, f1 fine per-point features, f3 coarse features, fine centred points, coarse
+        points, one-hot, centroid)."""
         centroid = points.mean(dim=1)
         centred = points - centroid.unsqueeze(1)
         fine = centred[:, : self.n_graph].contiguous()
@@ -227,48 +360,34 @@ class PoseNet(nn.Module):
         dirs = neighbour_directions(fine, flat, k)
         f0 = F.relu(self.conv0(dirs))
         f0 = torch.cat([f0, F.relu(self.coord_mlp(fine * self.coord_scale))], dim=-1)
-        f1 = F.relu(self.conv1(f0, dirs, flat, k))
+        f1 = F.relu(self.norm1(self.conv1(f0, dirs, flat, k)))
         nc = min(self.n_coarse, m)
         pooled = graph_max_pool(f1, flat, k, nc)
         coarse = fine[:, :nc].contiguous()
         flat_c = flat_index(knn(coarse, k), nc)
         dirs_c = neighbour_directions(coarse, flat_c, k)
-        f2 = F.relu(self.conv2(pooled, dirs_c, flat_c, k))
-        f3 = self.conv3(f2, dirs_c, flat_c, k)
+        f2 = F.relu(self.norm2(self.conv2(pooled, dirs_c, flat_c, k)))
+        f3 = self.norm3(self.conv3(f2, dirs_c, flat_c, k))
         onehot = F.one_hot((class_ids - 1).clamp(0, self.num_classes - 1), self.num_classes)
-        glob = torch.cat(
-            [
-                f3.max(dim=1)[0],
-                f3.mean(dim=1),
-                f1.max(dim=1)[0],
-                f1.mean(dim=1),
-                onehot.to(f3.dtype),
-            ],
-            dim=-1,
-        ).view(b, self.feature_dim)
-        return glob, f1, fine, centroid
+        return f0, f1, f3, fine, coarse, onehot.to(f3.dtype), centroid
 
     @torch.jit.export
     def features(self, points: Tensor, class_ids: Tensor) -> Tensor:
         """Global feature (B, feature_dim) of the encoder: what the CLIP teacher aligns."""
-        return self._encode(points, class_ids)[0]
+        return self.predict(points, class_ids)["feature"]
 
     @torch.jit.export
     def predict(self, points: Tensor, class_ids: Tensor) -> dict[str, Tensor]:
         """All raw outputs: the training losses read these, and the CLIP branch reads
         ``feature`` (the global feature of the same encoder pass)."""
-        glob, f1, fine, centroid = self._encode(points, class_ids)
-        hidden = self.trunk(glob)
-        rot = self.rot_head(hidden)
-        ts = self.ts_head(hidden)
+        f0, f1, f3, fine, coarse, onehot, centroid = self._encode(points, class_ids)
+        rot, ts, coords, glob = self.heads(f0, f1, f3, fine, coarse, onehot)
         y = rot[:, 0:3]
         x = rot[:, 3:6]
         conf = torch.sigmoid(rot[:, 6:8])
         idx = (class_ids - 1).clamp(0, self.num_classes - 1)
         size = self.mean_sizes.index_select(0, idx) + ts[:, 3:6]
         t = centroid + ts[:, 0:3]
-        per_point = torch.cat([f1, hidden.unsqueeze(1).expand(-1, f1.size(1), -1)], dim=-1)
-        coords = self.point_head(per_point)  # object-frame coordinates of the fine points
         return {
             "y": y,
             "x": x,
@@ -276,7 +395,7 @@ class PoseNet(nn.Module):
             "conf_x": conf[:, 1],
             "t": t,
             "size": size,
-            "point_coords": coords,
+            "point_coords": coords,  # object-frame coordinates of the fine points
             "fine_points": fine,
             "centroid": centroid,
             "feature": glob,
