@@ -30,6 +30,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,10 @@ from clipose_ros.model.checkpoint import (
     save_checkpoint,
 )
 from clipose_ros.model.clip_branch import ClipBranch, ClipModelError, build_clip_branch
-from clipose_ros.model.losses import LossWeights, pose_losses
+from clipose_ros.model.losses import pose_losses
 from clipose_ros.model.mix import MixedInstances, MixSampler, parse_sources
-from clipose_ros.model.network import NetConfig, PoseNet
+from clipose_ros.model.network import PoseNet
+from clipose_ros.model.train_config import ConfigError, TrainConfig
 from clipose_ros.points import PointsConfig
 
 log = logging.getLogger("clipose.train")
@@ -66,10 +68,6 @@ LOSS_KEYS = (
     "point_matching",
 )
 CLIP_LOSS_KEYS = ("clip_point_image", "clip_point_text", "clip_image_text")
-
-
-class ConfigError(ValueError):
-    """A training config that cannot be used (names the key)."""
 
 
 # ---------------------------------------------------------------------------------- config
@@ -320,8 +318,6 @@ def _select_device(name: str, local_rank: int) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is available")
         return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ConfigError(f"train.device must be auto, cpu or cuda, got {name!r}")
     return torch.device("cpu")
 
 
@@ -330,365 +326,432 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(
-    cfg: dict[str, Any], out: Path, resume: Path | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Run (or resume) a training; returns the final history row. See the module docstring."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    tc, oc, dc = cfg["train"], cfg["optim"], cfg["data"]
-    device = _select_device(str(tc["device"]), local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_rank = rank == 0
-    if int(tc.get("threads", 0)) > 0:
-        torch.set_num_threads(int(tc["threads"]))
-    seed = int(tc["seed"])
-    _seed_everything(seed)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class TrainingData:
+    """What :func:`prepare_data` gives a run: samples, their sampler and the held-out frames."""
 
+    dataset: CachedInstances | MixedInstances
+    sampler: Sampler[int]
+    val_root: Path | None
+    description: dict[str, Any]
+
+
+@dataclass
+class TrainingRun:
+    """Everything a run carries from step to step (built by :func:`setup_run`)."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    net: PoseNet
+    branch: ClipBranch | None
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    data: TrainingData
+    trained_params: list[torch.nn.Parameter]
+    steps_per_epoch: int
+    budget_s: float
+    elapsed_before: float = 0.0
+    t_start: float = field(default_factory=time.monotonic)
+    start_epoch: int = 0
+    skip_steps: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        return LOSS_KEYS + (CLIP_LOSS_KEYS if self.branch is not None else ())
+
+    def elapsed(self) -> float:
+        """Training seconds so far, over resumes."""
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+
+def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose network, points or CLIP branch differ from this config's."""
     try:
-        points = PointsConfig(**cfg["points"])
-        net_cfg = NetConfig.from_dict(cfg["net"])
-        weights = LossWeights.from_dict(cfg["loss"])
-        augment = AugmentConfig.preset(True, **cfg["augment"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config: {err}") from err
+        old = TrainConfig.from_dict(state["config"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} has an unusable config: {err}") from err
+    if old.net != cfg.net or old.points != cfg.points:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with net {old.net.to_dict()} and points "
+            f"{old.points.to_dict()}, this config has net {cfg.net.to_dict()} and points "
+            f"{cfg.points.to_dict()}"
+        )
+    if old.clip_enabled != cfg.clip_enabled or (cfg.clip_enabled and old.clip != cfg.clip):
+        raise CheckpointError(
+            f"checkpoint {path} was trained with clip {old.clip}, this config has "
+            f"clip {cfg.clip}: resume with the same CLIP branch settings"
+        )
 
-    state = None
-    if resume is not None:  # checked before any data work, so a bad file fails fast
-        state = load_checkpoint(resume, map_location=device)
-        old = state["config"]
-        if old.get("net") != cfg["net"] or old.get("points") != cfg["points"]:
-            raise CheckpointError(
-                f"checkpoint {resume} was trained with net {old.get('net')} and points "
-                f"{old.get('points')}, this config has net {cfg['net']} and points "
-                f"{cfg['points']}"
-            )
-        if _clip_enabled(old) != _clip_enabled(cfg) or (
-            _clip_enabled(cfg) and old.get("clip") != cfg.get("clip")
-        ):
-            raise CheckpointError(
-                f"checkpoint {resume} was trained with clip {old.get('clip')}, this config has "
-                f"clip {cfg.get('clip')}: resume with the same CLIP branch settings"
-            )
 
-    # The network before the branch: both arms of the ablation start from the same weights.
-    net = PoseNet(net_cfg).to(device)
-    branch = build_clip_branch(cfg.get("clip"), net.feature_dim, device)
-    rgb_crop_size = dc.get("rgb_crop_size") or (
-        branch.image_size if branch is not None and branch.needs_images else None
-    )
+def prepare_data(
+    cfg: TrainConfig, out: Path, rgb_crop_size: int | None, rank: int, world: int, progress: bool
+) -> TrainingData:
+    """Hold out validation scenes, take the scarce subset, build the caches, mix the folders."""
+    dc, seed, main_rank = cfg.data, cfg.train.seed, rank == 0
     try:
-        sources = parse_sources(dc["train"])
+        sources = parse_sources(dc.train)
     except ValueError as err:
         raise ConfigError(f"data.train: {err}") from err
     train_root = sources[0].path  # the held-out scenes (when no data.val) come from the first
-    if dc.get("val"):
-        val_root: Path | None = Path(dc["val"])
-    elif float(dc.get("val_fraction") or 0) > 0:
+    val_root: Path | None = None
+    if dc.val:
+        val_root = Path(dc.val)
+    elif dc.val_fraction > 0:
         split_dir = out / "split"
         if main_rank:
-            train_root, val_root = holdout_split(
-                train_root, split_dir, float(dc["val_fraction"]), seed
-            )
+            train_root, val_root = holdout_split(train_root, split_dir, dc.val_fraction, seed)
         else:
             train_root, val_root = split_dir / "train", split_dir / "val"
-    else:
-        val_root = None
-    fraction = float(dc.get("train_fraction") or 1.0)
-    if fraction < 1.0 and len(sources) > 1:
-        raise ConfigError("data.train_fraction < 1 takes one training folder, not a mix")
-    if fraction < 1.0:
+    if dc.train_fraction < 1.0:
+        if len(sources) > 1:
+            raise ConfigError("data.train_fraction < 1 takes one training folder, not a mix")
         if main_rank:
-            train_root = scarce_subset(train_root, out / "subset", fraction, seed)
+            train_root = scarce_subset(train_root, out / "subset", dc.train_fraction, seed)
         else:
             train_root = out / "subset"
-    cache_dir = Path(dc["cache_dir"]) if dc.get("cache_dir") else out / "cache"
+    cache_dir = Path(dc.cache_dir) if dc.cache_dir else out / "cache"
     roots = [train_root] + [s.path for s in sources[1:]]
     caches = [cache_dir] if len(roots) == 1 else [cache_dir / f"mix_{i}" for i in range(len(roots))]
     if main_rank:
         for root, folder in zip(roots, caches, strict=True):
             ensure_cache(
-                root,
-                folder,
-                points,
-                rgb_crop_size=rgb_crop_size,
-                intrinsics=dc["intrinsics"],
-                progress=progress,
+                root, folder, cfg.points, rgb_crop_size=rgb_crop_size,
+                intrinsics=dc.intrinsics, progress=progress,
             )
     if world > 1:
         dist.barrier()
-    batch = int(tc["batch_size"])
     dataset, sampler = _training_data(
-        caches,
-        [s.weight for s in sources],
-        augment,
-        seed,
-        dc.get("epoch_samples"),
-        rank,
-        world,
-        int(dc.get("handle_min_depth_points") or 0),
+        caches, [s.weight for s in sources], cfg.augment, seed, dc.epoch_samples, rank, world,
+        dc.handle_min_depth_points,
     )
-    if len(sampler) < batch:
-        raise ConfigError(
-            f"{len(dataset)} training instances, {len(sampler)} samples per epoch and process: "
-            f"less than one batch ({batch} x {world})"
-        )
-    steps_per_epoch = len(sampler) // batch
-    epochs = int(tc["epochs"])
-    total_steps = epochs * steps_per_epoch
+    description = {
+        "train": str(dc.train),
+        "sources": [
+            {"path": str(r), "weight": s.weight} for r, s in zip(roots, sources, strict=True)
+        ],
+        "train_instances": len(dataset),
+        "val": str(val_root) if val_root else None,
+        "cache_key": dataset.manifest["key"],
+    }
+    return TrainingData(dataset, sampler, val_root, description)
 
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"])
+
+def setup_run(
+    cfg: TrainConfig, out: Path, state: dict[str, Any] | None, progress: bool
+) -> TrainingRun:
+    """Device, seeds, network, CLIP branch, data, optimiser and schedule of a (new) run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _select_device(cfg.train.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    _seed_everything(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    # The network before the branch: both arms of the ablation start from the same weights.
+    net = PoseNet(cfg.net).to(device)
+    branch = build_clip_branch(cfg.clip, net.feature_dim, device)
+    rgb_crop_size = cfg.data.rgb_crop_size or (
+        branch.image_size if branch is not None and branch.needs_images else None
     )
+    data = prepare_data(cfg, out, rgb_crop_size, rank, world, progress)
+    batch = cfg.train.batch_size
+    if len(data.sampler) < batch:
+        raise ConfigError(
+            f"{len(data.dataset)} training instances, {len(data.sampler)} samples per epoch and "
+            f"process: less than one batch ({batch} x {world})"
+        )
+    steps_per_epoch = len(data.sampler) // batch
+    oc = cfg.optim
+    opt = torch.optim.AdamW(net.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
     trained_params = list(net.parameters())
     if branch is not None:
-        branch_lr = cfg["clip"].get("lr")
+        branch_lr = (cfg.clip or {}).get("lr")
         opt.add_param_group(
             {
                 "params": branch.trainable_parameters(),
-                "lr": float(branch_lr if branch_lr is not None else oc["lr"]),
+                "lr": float(branch_lr if branch_lr is not None else oc.lr),
             }
         )
         trained_params += branch.trainable_parameters()
-    budget_s = 60.0 * float(tc.get("max_minutes") or 0)
-    elapsed_before = float(state.get("elapsed_s", 0.0)) if state is not None else 0.0
-    t_start = time.monotonic()
-
-    def elapsed() -> float:
-        """Training seconds so far, over resumes."""
-        return elapsed_before + time.monotonic() - t_start
-
-    anneal = budget_s > 0 and bool(tc.get("anneal_to_budget"))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lr_lambda(
-            total_steps,
-            int(oc["warmup_steps"]),
-            float(oc["min_lr_ratio"]),
-            (lambda: elapsed() / budget_s) if anneal else None,
-        ),
-    )
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, skip_steps, global_step, history = 0, 0, 0, []
-    if state is not None:
-        try:
-            net.load_state_dict(state["model"])
-            if branch is not None:
-                branch.load_trainable_state(state["clip_branch"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError, ClipModelError) as err:
-            raise CheckpointError(f"checkpoint {resume} does not fit this model: {err}") from err
-        start_epoch, skip_steps = int(state["epoch"]), int(state["step_in_epoch"])
-        global_step = int(state["global_step"])
-        history = list(state.get("history", []))
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"].cpu())
-        log.info(
-            "resumed %s at epoch %d step %d (global step %d)",
-            resume,
-            start_epoch,
-            skip_steps,
-            global_step,
-        )
     model: torch.nn.Module = RawOutputs(net)
     if world > 1:  # gradients are all-reduced by the wrapper's forward
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
+    budget_s = 60.0 * cfg.train.max_minutes
+    run = TrainingRun(
+        cfg=cfg, out=out, device=device, rank=rank, world=world, net=net, branch=branch,
+        model=model, opt=opt, sched=None,  # type: ignore[arg-type]  # set below: needs run
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"), data=data,
+        trained_params=trained_params, steps_per_epoch=steps_per_epoch, budget_s=budget_s,
+        elapsed_before=float(state.get("elapsed_s", 0.0)) if state is not None else 0.0,
+    )
+    anneal = budget_s > 0 and cfg.train.anneal_to_budget
+    run.sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lr_lambda(
+            cfg.train.epochs * steps_per_epoch,
+            oc.warmup_steps,
+            oc.min_lr_ratio,
+            (lambda: run.elapsed() / budget_s) if anneal else None,
+        ),
+    )
+    return run
 
-    data_desc = {
-        "train": str(dc["train"]),
-        "sources": [{"path": str(r), "weight": s.weight} for r, s in zip(roots, sources,
-                                                                          strict=True)],
-        "train_instances": len(dataset),
-        "val": str(val_root) if val_root else None,
-        "cache_key": dataset.manifest["key"],
+
+def restore(run: TrainingRun, state: dict[str, Any], path: Path) -> None:
+    """Weights, optimiser, schedule, position and history of a checkpoint."""
+    try:
+        run.net.load_state_dict(state["model"])
+        if run.branch is not None:
+            run.branch.load_trainable_state(state["clip_branch"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError, ClipModelError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {err}") from err
+    run.start_epoch, run.skip_steps = int(state["epoch"]), int(state["step_in_epoch"])
+    run.global_step = int(state["global_step"])
+    run.history = list(state.get("history", []))
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"].cpu())
+    log.info(
+        "resumed %s at epoch %d step %d (global step %d)",
+        path, run.start_epoch, run.skip_steps, run.global_step,
+    )
+
+
+def save_run_checkpoint(
+    run: TrainingRun, epoch: int, step_in_epoch: int, name: str = "last.pt"
+) -> Path:
+    """Everything :func:`restore` needs, written atomically to ``OUT/checkpoints/name``."""
+    path = run.out / "checkpoints" / name
+    cfg = run.cfg.to_dict()
+    branch = run.branch
+    save_checkpoint(
+        path,
+        {
+            "model": run.net.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": run.global_step,
+            "config": cfg,
+            "history": run.history,
+            "data_description": run.data.description,
+            "torch_rng": torch.get_rng_state(),
+            "config_hash": config_hash(cfg),
+            "elapsed_s": run.elapsed(),
+            **({"clip_branch": branch.trainable_state_dict()} if branch is not None else {}),
+        },
+    )
+    return path
+
+
+def train_step(run: TrainingRun, item: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch; returns the loss terms (``total`` included)."""
+    device, branch = run.device, run.branch
+    pts = item["points"].to(device, non_blocking=True)
+    cls = item["class_id"].to(device)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        out_raw = run.model(pts, cls)
+    losses = pose_losses(
+        {k: v.float() for k, v in out_raw.items()},
+        item["R"].to(device),
+        item["t"].to(device),
+        item["size"].to(device),
+        item["symmetric"].to(device),
+        run.cfg.loss,
+    )
+    if branch is not None:
+        clip = branch.batch_losses(out_raw["feature"].float(), item)
+        losses["total"] = losses["total"] + clip["total"]
+        for k in CLIP_LOSS_KEYS:  # a switched-off term logs 0
+            losses[k] = clip.get(k[len("clip_") :], torch.zeros(()))
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(losses["total"]).backward()
+    if branch is not None and run.world > 1:  # DDP wraps the network only
+        _average_gradients(branch, run.world)
+    run.scaler.unscale_(run.opt)
+    torch.nn.utils.clip_grad_norm_(run.trained_params, run.cfg.optim.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    run.global_step += 1
+    return losses
+
+
+@dataclass
+class EpochResult:
+    """Loss sums of an epoch (or of the part that ran) and where it stopped."""
+
+    sums: dict[str, float]
+    count: int
+    step_in_epoch: int
+    seconds: float
+    stopped_early: bool
+
+
+def train_epoch(run: TrainingRun, epoch: int, progress: bool, run_steps: list[int]) -> EpochResult:
+    """One epoch (from the resume position when it is the first), with periodic checkpoints;
+    stops early at the wall-clock budget or ``stop_after_steps`` (``run_steps`` counts this
+    process's steps over epochs)."""
+    tc, batch = run.cfg.train, run.cfg.train.batch_size
+    run.data.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    run.data.dataset.set_epoch(epoch)
+    first = epoch == run.start_epoch
+    loader = DataLoader(
+        run.data.dataset,
+        batch_size=batch,
+        sampler=ResumableSampler(run.data.sampler, run.skip_steps * batch if first else 0),
+        num_workers=tc.num_workers,
+        drop_last=True,
+    )
+    run.model.train()
+    if run.branch is not None:
+        run.branch.train()
+    result = EpochResult(
+        dict.fromkeys(run.loss_keys, 0.0), 0, run.skip_steps if first else 0, 0.0, False
+    )
+    t_epoch = last_ckpt = time.monotonic()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{tc.epochs}",
+        unit="step",
+        disable=not (progress and run.main_rank),
+        initial=result.step_in_epoch,
+        total=run.steps_per_epoch,
+    )
+    for item in bar:
+        losses = train_step(run, item)
+        result.step_in_epoch += 1
+        result.count += 1
+        for k in run.loss_keys:
+            result.sums[k] += float(losses[k].detach())
+        if run.main_rank:
+            bar.set_postfix(
+                loss=f"{float(losses['total'].detach()):.3f}",
+                lr=f"{run.sched.get_last_lr()[0]:.1e}",
+            )
+        now = time.monotonic()
+        if run.main_rank and now - last_ckpt > 60.0 * tc.checkpoint_minutes:
+            save_run_checkpoint(run, epoch, result.step_in_epoch)
+            last_ckpt = now
+        run_steps[0] += 1
+        if (run.budget_s and run.elapsed() > run.budget_s) or run_steps[0] == tc.stop_after_steps:
+            result.stopped_early = True
+            break
+    result.seconds = time.monotonic() - t_epoch
+    return result
+
+
+def finish_epoch(run: TrainingRun, epoch: int, result: EpochResult) -> None:
+    """Epoch row (losses, speed, memory, validation when due), log, checkpoint, CSV, plot."""
+    cfg, batch = run.cfg, run.cfg.train.batch_size
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "step": run.global_step,
+        "lr": run.sched.get_last_lr()[0],
+        "epoch_s": round(result.seconds, 1),
+        "samples_per_s": round(result.count * batch * run.world / max(result.seconds, 1e-9), 2),
+        **{f"loss_{k}": result.sums[k] / max(result.count, 1) for k in run.loss_keys},
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
-    K_default = resolve_intrinsics(dc["intrinsics"])
-    ckpt_dir = out / "checkpoints"
-
-    def checkpoint(epoch: int, step_in_epoch: int, name: str = "last.pt") -> Path:
-        path = ckpt_dir / name
-        save_checkpoint(
-            path,
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "config": cfg,
-                "history": history,
-                "data_description": data_desc,
-                "torch_rng": torch.get_rng_state(),
-                "config_hash": config_hash(cfg),
-                "elapsed_s": elapsed(),
-                **({"clip_branch": branch.trainable_state_dict()} if branch is not None else {}),
-            },
+    last_epoch = epoch + 1 == cfg.train.epochs
+    val_root = run.data.val_root
+    if (
+        run.main_rank
+        and val_root is not None
+        and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch)
+    ):
+        row.update(
+            validate(
+                run.net,
+                val_root,
+                cfg.points,
+                run.out / "val" / f"epoch_{epoch + 1:03d}",
+                resolve_intrinsics(cfg.data.intrinsics),
+                cfg.train.val_max_frames,
+                run.device,
+            )
         )
-        return path
+    run.history.append(row)
+    if not run.main_rank:
+        return
+    log.info(
+        "epoch %d: %s",
+        epoch + 1,
+        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+    )
+    save_run_checkpoint(run, epoch + 1, 0)
+    write_metrics_csv(run.out / "metrics.csv", run.history)
+    if "val_IoU50_exact" in row or last_epoch or (epoch + 1) % 10 == 0:
+        plot_curves(run.out / "curves.png", run.history)
 
-    if main_rank:
+
+def train(
+    cfg: TrainConfig | dict[str, Any],
+    out: Path,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a training; returns the final history row. See the module docstring."""
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(cfg)
+    state = None
+    if resume is not None:  # checked before any data work, so a bad file fails fast
+        state = load_checkpoint(resume, map_location="cpu")
+        check_resume(state, cfg, resume)
+    run = setup_run(cfg, out, state, progress)
+    if state is not None and resume is not None:
+        restore(run, state, resume)
+    epochs = cfg.train.epochs
+    if run.main_rank:
         log.info(
             "training: %d instances, %d steps/epoch x %d epochs (batch %d x %d), device %s, "
             "%d threads, config %s",
-            len(dataset),
-            steps_per_epoch,
-            epochs,
-            batch,
-            world,
-            device,
-            torch.get_num_threads(),
-            config_hash(cfg),
+            len(run.data.dataset), run.steps_per_epoch, epochs, cfg.train.batch_size,
+            run.world, run.device, torch.get_num_threads(), config_hash(cfg.to_dict()),
         )
-        log.info("CLIP branch: %s", _describe_branch(branch))
-    loss_keys = LOSS_KEYS + (CLIP_LOSS_KEYS if branch is not None else ())
-    last_ckpt = time.monotonic()
-    ckpt_s = 60.0 * float(tc["checkpoint_minutes"])
-    stop_after = int(tc.get("stop_after_steps") or 0)
-    run_steps = 0
-    stopped_early = False
-    epoch = start_epoch
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        skip = skip_steps * batch if epoch == start_epoch else 0
-        loader = DataLoader(
-            dataset,
-            batch_size=batch,
-            sampler=ResumableSampler(sampler, skip),
-            num_workers=int(tc["num_workers"]),
-            drop_last=True,
-        )
-        model.train()
-        if branch is not None:
-            branch.train()
-        sums = dict.fromkeys(loss_keys, 0.0)
-        count = 0
-        step_in_epoch = skip_steps if epoch == start_epoch else 0
-        t_epoch = time.monotonic()
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="step",
-            disable=not (progress and main_rank),
-            initial=step_in_epoch,
-            total=steps_per_epoch,
-        )
-        for item in bar:
-            pts = item["points"].to(device, non_blocking=True)
-            cls = item["class_id"].to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                out_raw = model(pts, cls)
-            losses = pose_losses(
-                {k: v.float() for k, v in out_raw.items()},
-                item["R"].to(device),
-                item["t"].to(device),
-                item["size"].to(device),
-                item["symmetric"].to(device),
-                weights,
-            )
-            if branch is not None:
-                clip = branch.batch_losses(out_raw["feature"].float(), item)
-                losses["total"] = losses["total"] + clip["total"]
-                for k in CLIP_LOSS_KEYS:  # a switched-off term logs 0
-                    losses[k] = clip.get(k[len("clip_") :], torch.zeros(()))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            if branch is not None and world > 1:  # DDP wraps the network only
-                _average_gradients(branch, world)
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(trained_params, float(oc["grad_clip"]))
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            global_step += 1
-            step_in_epoch += 1
-            for k in loss_keys:
-                sums[k] += float(losses[k].detach())
-            count += 1
-            if main_rank:
-                bar.set_postfix(
-                    loss=f"{float(losses['total'].detach()):.3f}",
-                    lr=f"{sched.get_last_lr()[0]:.1e}",
-                )
-            now = time.monotonic()
-            if main_rank and now - last_ckpt > ckpt_s:
-                checkpoint(epoch, step_in_epoch)
-                last_ckpt = now
-            run_steps += 1
-            if (budget_s and elapsed() > budget_s) or run_steps == stop_after:
-                stopped_early = True
-                break
-        if stopped_early:
-            if main_rank:
-                checkpoint(epoch, step_in_epoch)
+        log.info("CLIP branch: %s", _describe_branch(run.branch))
+    run_steps = [0]
+    stopped = False
+    for epoch in range(run.start_epoch, epochs):
+        result = train_epoch(run, epoch, progress, run_steps)
+        if result.stopped_early:
+            stopped = True
+            if run.main_rank:
+                save_run_checkpoint(run, epoch, result.step_in_epoch)
                 log.warning(
                     "stopped at epoch %d step %d (wall-clock budget %.0f min or "
                     "stop_after_steps %d reached); resume with --resume %s",
-                    epoch + 1,
-                    step_in_epoch,
-                    budget_s / 60,
-                    stop_after,
-                    ckpt_dir / "last.pt",
+                    epoch + 1, result.step_in_epoch, run.budget_s / 60,
+                    cfg.train.stop_after_steps, out / "checkpoints" / "last.pt",
                 )
             break
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            "lr": sched.get_last_lr()[0],
-            "epoch_s": round(time.monotonic() - t_epoch, 1),
-            "samples_per_s": round(
-                count * batch * world / max(time.monotonic() - t_epoch, 1e-9), 2
-            ),
-            **{f"loss_{k}": sums[k] / max(count, 1) for k in loss_keys},
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-        }
-        last_epoch = epoch + 1 == epochs
-        if (
-            main_rank
-            and val_root is not None
-            and ((epoch + 1) % int(tc["val_every"]) == 0 or last_epoch)
-        ):
-            row.update(
-                validate(
-                    net,
-                    val_root,
-                    points,
-                    out / "val" / f"epoch_{epoch + 1:03d}",
-                    K_default,
-                    tc.get("val_max_frames"),
-                    device,
-                )
-            )
-        history.append(row)
-        if main_rank:
-            log.info(
-                "epoch %d: %s",
-                epoch + 1,
-                ", ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                ),
-            )
-            checkpoint(epoch + 1, 0)
-            last_ckpt = time.monotonic()
-            write_metrics_csv(out / "metrics.csv", history)
-            if "val_IoU50_exact" in row or last_epoch or (epoch + 1) % 10 == 0:
-                plot_curves(out / "curves.png", history)
-    if main_rank and not stopped_early:
-        checkpoint(epochs, 0, "final.pt")
-        checkpoint(epochs, 0)
-    if main_rank:
-        log.info("training time %.1f min", (time.monotonic() - t_start) / 60)
-    if world > 1:
+        finish_epoch(run, epoch, result)
+    if run.main_rank and not stopped:
+        save_run_checkpoint(run, epochs, 0, "final.pt")
+        save_run_checkpoint(run, epochs, 0)
+    if run.main_rank:
+        log.info("training time %.1f min", (time.monotonic() - run.t_start) / 60)
+    if run.world > 1:
         dist.destroy_process_group()
-    return history[-1] if history else {}
+    return run.history[-1] if run.history else {}
 
 
 def _training_data(
@@ -720,10 +783,6 @@ def _training_data(
     for cache, size, count in zip(caches, dataset.sizes, sampler.counts, strict=True):
         log.info("mix: %s (%d instances) gives %d samples per epoch", cache, size, count)
     return dataset, sampler
-
-
-def _clip_enabled(cfg: dict[str, Any]) -> bool:
-    return bool((cfg.get("clip") or {}).get("enabled", False))
 
 
 def _describe_branch(branch: ClipBranch | None) -> str:

@@ -154,6 +154,29 @@ def test_config_overrides_are_checked():
         load_config(None, ["epochs=3"])
 
 
+def test_typed_config_refuses_typos_and_wrong_types_and_round_trips():
+    from clipose_ros.model.train_config import TrainConfig
+
+    cfg = TrainConfig.from_dict(load_config(None, ["optim.lr=1e-4", "train.max_minutes=3"]))
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.train.max_minutes, float)
+    assert cfg.net.head == "pointwise" and cfg.augment.ray_roll and cfg.augment.mask_erosion
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    bad_type = load_config(None, ["train.epochs=three"])
+    with pytest.raises(ConfigError, match=r"train\.epochs = 'three': expected int"):
+        TrainConfig.from_dict(bad_type)
+    typo = load_config(None)
+    typo["net"]["supprts"] = 3
+    with pytest.raises(ConfigError, match=r"'net': unknown keys \['supprts'\]"):
+        TrainConfig.from_dict(typo)
+    flag = load_config(None)
+    flag["augment"]["ray_roll"] = "yes"
+    with pytest.raises(ConfigError, match="augment.ray_roll"):
+        TrainConfig.from_dict(flag)
+    value = load_config(None, ["net.head=dense"])
+    with pytest.raises(ConfigError, match="head must be"):
+        TrainConfig.from_dict(value)
+
+
 def clip_config(data: Path, tmp_path: Path, **train_overrides) -> dict:
     """``small_config`` with every CLIP term and deep prompt tuning on, a tiny random teacher."""
     path = write_tiny_clip_config(tmp_path, "clipose_test_train_clip")
