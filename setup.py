@@ -34,7 +34,7 @@ setup(
             "pose_node = clipose_ros.node:main",
             "synthetic_camera = clipose_ros.synthetic_camera:main",
             "clipose-demo = clipose_ros.demo:main",
-            "clipose-yolo-labels = clipose_ros.yolo_labels:main",
+            "clipose-yolo-labels = clipose_ros.tools.yolo_labels:main",
             "clipose-train-seg = clipose_ros.segmentation:train_main",
             "clipose-import-yolo-tflite = clipose_ros.yolo_tflite:main",
             "clipose-train = clipose_ros.train:main",
