@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES
+from clipose_ros.core.structures import ObjectPose
 from clipose_ros.geometry import rotation_angle_deg
-from clipose_ros.structures import ObjectPose
 from clipose_ros.synthetic_camera import SENSOR_CHOICES
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -307,7 +307,7 @@ def _save_overlay(monitor, path: Path, timeout_s: float = 5.0) -> bool:
     from sensor_msgs.msg import CameraInfo, Image
 
     from clipose_ros import ros_convert as rc
-    from clipose_ros.visualize import draw_pose
+    from clipose_ros.core.visualize import draw_pose
 
     got: dict[str, object] = {}
     sub = monitor.create_subscription(Image, "clipose/debug_image",

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipose_ros.structures import Frame, ObjectPose
+from clipose_ros.core.structures import Frame, ObjectPose
 
 if TYPE_CHECKING:
-    from clipose_ros.pipeline import PosePipeline
+    from clipose_ros.core.pipeline import PosePipeline
 
 log = logging.getLogger("clipose.infer")
 
@@ -696,7 +696,8 @@ def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Pat
     summary.json under ``out``; returns the summary. A bad item is reported and skipped."""
     from tqdm import tqdm
 
-    from clipose_ros.pipeline import STAGES, draw_overlay
+    from clipose_ros.core.pipeline import STAGES
+    from clipose_ros.core.visualize import draw_overlay
 
     report = report or Report()
     out = Path(out)
@@ -890,6 +891,8 @@ def build_items(args: argparse.Namespace, K: Intrinsics | None,
 
 
 def main(argv: list[str] | None = None) -> None:
+    from clipose_ros.core.pipeline import build_pipeline
+    from clipose_ros.core.tracking import TrackerConfig
     from clipose_ros.logs import log_to_terminal_and_file
     from clipose_ros.node import (
         POSE_NODE_PARAMS,
@@ -897,7 +900,6 @@ def main(argv: list[str] | None = None) -> None:
         resolve_device,
         resolve_model_path,
     )
-    from clipose_ros.pipeline import TrackerConfig, build_pipeline
 
     args = parse_args(argv)
     log_path = log_to_terminal_and_file(args.out, "infer.log")

@@ -1,6 +1,6 @@
 """``pose_node``: RGB-D in, 9D object poses out as TF, Detection3DArray, markers and a debug image.
 
-A thin shell around :class:`clipose_ros.pipeline.PosePipeline`:
+A thin shell around :class:`clipose_ros.core.pipeline.PosePipeline`:
 
 - inputs: RGB, depth and camera_info, synchronised by stamp (approximate, ``sync_slop``),
   sensor-data QoS unless ``reliable_qos``; each set is checked (sizes, frame ids, encodings,
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from clipose_ros.pipeline import PosePipeline, TrackerConfig, build_pipeline, draw_overlay
+from clipose_ros.core.pipeline import PosePipeline, build_pipeline
+from clipose_ros.core.tracking import TrackerConfig
+from clipose_ros.core.visualize import draw_overlay
 
 PACKAGE = "clipose_ros"
 DEFAULT_POSE_MODEL = "models/clipose_pose.pt"

@@ -26,15 +26,15 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES, CLASS_IDS
+from clipose_ros.core.stages import Segmenter
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.logs import log_to_terminal_and_file
-from clipose_ros.structures import Frame, Instance
 
 log = logging.getLogger("clipose.segmentation")
 
@@ -62,13 +62,6 @@ def is_coco_model(names: Mapping[int, str]) -> bool:
 
 class SegmenterWeightsError(RuntimeError):
     """Segmentation weights are missing, unreadable or not a YOLO-seg model; names the file."""
-
-
-class Segmenter(Protocol):
-    """Anything that finds the category instances in a frame: NOCS class id, score, a mask at
-    the frame's resolution and the mask's box (y1, x1, y2, x2, end exclusive)."""
-
-    def segment(self, frame: Frame) -> list[Instance]: ...
 
 
 def resolve_class_map(
@@ -560,6 +553,9 @@ class GroundTruthMasks:
     ``frame.frame_id`` must be the frame's NOCS path prefix (as ``clipose-eval`` loads it).
     """
 
+    def __init__(self) -> None:
+        self.last_timings: dict[str, float] = {}  # files are read, nothing to time
+
     def segment(self, frame: Frame) -> list[Instance]:
         prefix = _frame_prefix(frame, "GroundTruthMasks")
         label = nf.read_label(prefix)
@@ -597,6 +593,7 @@ class ResultFileMasks:
         if not folder.is_dir():
             raise FileNotFoundError(f"mask folder does not exist: {folder}")
         self.folder = folder
+        self.last_timings: dict[str, float] = {}  # files are read, nothing to time
 
     def find(self, prefix: Path) -> Path:
         parts = prefix.parts

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
+from clipose_ros.core.boxes import object_box
+from clipose_ros.core.structures import ObjectPose
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.node import Param, ParameterError, declare_parameters, run_node
-from clipose_ros.pipeline import object_box
-from clipose_ros.structures import ObjectPose
 
 RGB_TOPIC = "color/image_raw"
 DEPTH_TOPIC = "aligned_depth_to_color/image_raw"

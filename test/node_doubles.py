@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.structures import Frame, Instance, ObjectPose
 
 
 def image_key(rgb: np.ndarray) -> str:
@@ -47,6 +47,7 @@ class GroundTruthSegmenter:
     def __init__(self, index: FolderIndex, delay_s: float = 0.0) -> None:
         self.index = index
         self.delay_s = delay_s
+        self.last_timings: dict[str, float] = {}  # test doubles: nothing to time
 
     def segment(self, frame: Frame) -> list[Instance]:
         if self.delay_s:
@@ -90,7 +91,7 @@ class NocsMapLookupEstimator:
 
 
 def doubles_pipeline(folder: str | Path, delay_s: float = 0.0):
-    from clipose_ros.pipeline import PosePipeline
+    from clipose_ros.core.pipeline import PosePipeline
 
     index = FolderIndex(folder)
     return PosePipeline(GroundTruthSegmenter(index, delay_s), NocsMapLookupEstimator(index))

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.estimators import CliposeEstimator
 from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
 from clipose_ros.model.export import export_checkpoint, export_model, parity_inputs
 from clipose_ros.model.loader import META_NAME, ModelFileError, load_pose_model
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
-from clipose_ros.structures import Frame, Instance
 
 SMALL = NetConfig(
     n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 from clipose_ros.categories import SYMMETRIC_CATEGORIES
+from clipose_ros.core.pipeline import build_pipeline
+from clipose_ros.core.structures import Frame, ObjectPose
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.demo import score_frame
@@ -36,8 +38,6 @@ from clipose_ros.infer import (
     parse_args,
 )
 from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS, resolve_model_path
-from clipose_ros.pipeline import build_pipeline
-from clipose_ros.structures import Frame, ObjectPose
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real_samples" / "real275_cppf"

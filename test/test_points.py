@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import NocsInstanceDataset, normalize_clip
 from clipose_ros.data.nocs_format import read_color, read_depth, read_mask
@@ -18,7 +19,6 @@ from clipose_ros.estimators import CliposeEstimator
 from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
 from clipose_ros.model.cache import CachedInstances, ensure_cache
 from clipose_ros.points import PointsConfig, prepare_points, prepare_points_with_reason
-from clipose_ros.structures import Frame, Instance
 
 K = CAMERA_INTRINSICS
 

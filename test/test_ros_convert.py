@@ -12,8 +12,8 @@ from visualization_msgs.msg import Marker
 
 from clipose_ros import ros_convert as rc
 from clipose_ros.categories import CAMERA_INTRINSICS, CLASS_IDS
-from clipose_ros.pipeline import object_box
-from clipose_ros.structures import ObjectPose
+from clipose_ros.core.boxes import object_box
+from clipose_ros.core.structures import ObjectPose
 
 HEADER = Header(frame_id="cam_optical", stamp=rc.ns_to_stamp(1_700_000_000_123_456_789))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from clipose_ros import segmentation
+from clipose_ros.core.structures import Frame
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.estimators import NocsMapEstimator
@@ -24,7 +25,6 @@ from clipose_ros.segmentation import (
     letterbox,
     resolve_class_map,
 )
-from clipose_ros.structures import Frame
 
 NAMES = {0: "bottle", 1: "bowl", 2: "camera", 3: "can", 4: "laptop", 5: "mug", 6: "person"}
 

@@ -104,8 +104,8 @@ def test_converted_model_gives_the_tflite_detections(converted, tmp_path):
 def test_real275_frame_objects_with_the_converted_model(converted):
     """The COCO copy, through the segmenter users run, finds the sample frame's laptop, mugs
     and bowls (COCO has no can)."""
+    from clipose_ros.core.structures import Frame
     from clipose_ros.segmentation import YoloSegmenter
-    from clipose_ros.structures import Frame
 
     seg = YoloSegmenter(converted, imgsz=640, threads=2)
     rgb = cv2.cvtColor(cv2.imread(str(SAMPLES / "real275_cppf" / "0000_color.png")),
