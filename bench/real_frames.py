@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES
+from clipose_ros.core.segmentation import YoloSegmenter
 from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
-from clipose_ros.segmentation import YoloSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL275_K = np.array([[591.0125, 0, 322.525], [0, 590.16775, 244.11084], [0, 0, 1]])

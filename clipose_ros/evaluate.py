@@ -21,6 +21,9 @@ from tqdm import tqdm
 
 from clipose_ros import metrics
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.segmentation import GroundTruthMasks as GroundTruthMasks
+from clipose_ros.core.segmentation import ResultFileMasks as ResultFileMasks
+from clipose_ros.core.segmentation import SegmenterWeightsError, build_segmenter
 from clipose_ros.core.stages import PoseEstimator, Segmenter
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.core.visualize import draw_pose
@@ -28,9 +31,6 @@ from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import CliposeEstimator, NocsMapEstimator
 from clipose_ros.logs import log_to_terminal_and_file
 from clipose_ros.model.loader import ModelFileError
-from clipose_ros.segmentation import GroundTruthMasks as GroundTruthMasks
-from clipose_ros.segmentation import ResultFileMasks as ResultFileMasks
-from clipose_ros.segmentation import SegmenterWeightsError, build_segmenter
 
 log = logging.getLogger("clipose.eval")
 

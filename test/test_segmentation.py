@@ -8,14 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from clipose_ros import segmentation
-from clipose_ros.core.structures import Frame
-from clipose_ros.data import nocs_format as nf
-from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.evaluate import main as eval_main
-from clipose_ros.evaluate import run_evaluation
-from clipose_ros.segmentation import (
+from clipose_ros.core import segmentation
+from clipose_ros.core.segmentation import (
     COCO_CLASS_MAP,
     GroundTruthMasks,
     SegmenterWeightsError,
@@ -25,6 +19,12 @@ from clipose_ros.segmentation import (
     letterbox,
     resolve_class_map,
 )
+from clipose_ros.core.structures import Frame
+from clipose_ros.data import nocs_format as nf
+from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.estimators import NocsMapEstimator
+from clipose_ros.evaluate import main as eval_main
+from clipose_ros.evaluate import run_evaluation
 
 NAMES = {0: "bottle", 1: "bowl", 2: "camera", 3: "can", 4: "laptop", 5: "mug", 6: "person"}
 

@@ -149,8 +149,8 @@ def build_pipeline(
     unusable files raise the loaders' errors (``ModelFileError``,
     ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
     """
+    from clipose_ros.core.segmentation import YoloSegmenter
     from clipose_ros.estimators import CliposeEstimator
-    from clipose_ros.segmentation import YoloSegmenter
 
     estimator = CliposeEstimator(str(pose_model), device=device, seed=seed)
     segmenter = YoloSegmenter(

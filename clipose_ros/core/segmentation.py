@@ -256,7 +256,7 @@ class _TfliteBackend(_ExportedBackend):
     Class names from the export's metadata, else COCO's for an 80-class model."""
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
-        from clipose_ros.yolo_tflite import coco_names, tflite_metadata_names
+        from clipose_ros.tools.yolo_tflite import coco_names, tflite_metadata_names
 
         if device != "cpu":
             raise ValueError(f"a .tflite model runs on the CPU only (device {device!r})")

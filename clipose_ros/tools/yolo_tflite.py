@@ -295,7 +295,7 @@ def calibration_batches(images: Sequence[Path], imgsz: int, batch: int = 8) -> I
     """Letterboxed RGB batches (N, 3, imgsz, imgsz) in [0, 1] for batch-norm statistics."""
     import torch
 
-    from clipose_ros.segmentation import letterbox
+    from clipose_ros.core.segmentation import letterbox
 
     for start in range(0, len(images), batch):
         arrays = []
