@@ -35,7 +35,7 @@ setup(
             "synthetic_camera = clipose_ros.synthetic_camera:main",
             "clipose-demo = clipose_ros.demo:main",
             "clipose-yolo-labels = clipose_ros.tools.yolo_labels:main",
-            "clipose-train-seg = clipose_ros.core.segmentation:train_main",
+            "clipose-train-seg = clipose_ros.tools.train_seg:main",
             "clipose-import-yolo-tflite = clipose_ros.tools.yolo_tflite:main",
             "clipose-train = clipose_ros.train:main",
             "clipose-export = clipose_ros.model.export:main",

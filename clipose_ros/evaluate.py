@@ -23,10 +23,11 @@ from clipose_ros import metrics
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.core.segmentation import GroundTruthMasks as GroundTruthMasks
 from clipose_ros.core.segmentation import ResultFileMasks as ResultFileMasks
-from clipose_ros.core.segmentation import SegmenterWeightsError, build_segmenter
+from clipose_ros.core.segmentation import build_segmenter
 from clipose_ros.core.stages import PoseEstimator, Segmenter
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.core.visualize import draw_pose
+from clipose_ros.core.yolo_backends import SegmenterWeightsError
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.estimators import CliposeEstimator, NocsMapEstimator
 from clipose_ros.logs import log_to_terminal_and_file

@@ -37,7 +37,7 @@ case "$ARM" in
     *) echo "unknown arm $ARM (full | backbone-frozen | head-only | coco-classes-kept)" >&2
        exit 2;;
 esac
-exec .venv/bin/python -m clipose_ros.core.segmentation \
+exec .venv/bin/python -m clipose_ros.tools.train_seg \
     --data "$DATA/yolo/data.yaml" --out "$RUNS/$ARM" --model "$START" \
     --imgsz 416 --batch 8 --lr0 0.001 --epochs 4 --hours "$HOURS" --fraction 0.25 --no-val \
     "${FREEZE[@]}"

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from clipose_ros.core.segmentation import letterbox, load_backend
+from clipose_ros.core.segmentation import letterbox
+from clipose_ros.core.yolo_backends import load_backend
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.metrics import box_iou_2d, mask_iou
 from clipose_ros.tools.yolo_tflite import (
@@ -161,7 +162,7 @@ def test_keep_classes_fine_tuning_holds_the_coco_classifier(converted, tmp_path)
     the box branch learn."""
     import torch
 
-    from clipose_ros.core.segmentation import train_yolo
+    from clipose_ros.tools.train_seg import train_yolo
     from clipose_ros.tools.yolo_tflite import to_nocs_classes
 
     start_model = to_nocs_classes(torch.load(converted, weights_only=False)["model"].float())
