@@ -98,7 +98,7 @@ def doubles_pipeline(folder: str | Path, delay_s: float = 0.0):
 
 
 def main(argv: list[str]) -> int:
-    from clipose_ros.node import pose_node_class, run_node
+    from clipose_ros.ros.node import pose_node_class, run_node
 
     folder = argv[1]
     delay = 0.0

@@ -116,7 +116,7 @@ def resolve_model_path(value: str) -> Path:
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    source = Path(__file__).resolve().parents[1] / path
+    source = Path(__file__).resolve().parents[2] / path
     if source.exists():
         return source
     try:
@@ -312,7 +312,7 @@ def _make_node_class():
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import MarkerArray
 
-    from clipose_ros import ros_convert as rc
+    from clipose_ros.ros import convert as rc
 
     class PoseNode(Node):
         """See the module docstring. ``pipeline`` injects a ready pipeline (tests)."""

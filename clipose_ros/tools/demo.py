@@ -32,9 +32,9 @@ import numpy as np
 from clipose_ros.categories import CATEGORIES
 from clipose_ros.core.structures import ObjectPose
 from clipose_ros.geometry import rotation_angle_deg
-from clipose_ros.synthetic_camera import SENSOR_CHOICES
+from clipose_ros.ros.synthetic_camera import SENSOR_CHOICES
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -90,8 +90,8 @@ def _make_monitor_class():
     from tf2_msgs.msg import TFMessage
     from vision_msgs.msg import Detection3DArray
 
-    from clipose_ros import ros_convert as rc
-    from clipose_ros.synthetic_camera import TRUTH_TOPIC, truth_is_symmetric
+    from clipose_ros.ros import convert as rc
+    from clipose_ros.ros.synthetic_camera import TRUTH_TOPIC, truth_is_symmetric
 
     class Monitor(Node):
         """Subscribes to ground truth, detections, /tf and /diagnostics; scores each output
@@ -257,9 +257,9 @@ def node_commands(params_file: Path, camera_overrides: dict | None = None,
         return args
 
     ns = namespace.rstrip("/")
-    camera = [sys.executable, "-m", "clipose_ros.synthetic_camera", *ros_args(camera_overrides),
+    camera = [sys.executable, "-m", "clipose_ros.ros.synthetic_camera", *ros_args(camera_overrides),
               "-r", f"__ns:={ns}/camera"]
-    node = (pose_node or [sys.executable, "-m", "clipose_ros.node"]) + ros_args(node_overrides)
+    node = (pose_node or [sys.executable, "-m", "clipose_ros.ros.node"]) + ros_args(node_overrides)
     if ns:
         node += ["-r", f"__ns:={ns}"]
     return {"synthetic_camera": camera, "pose_node": node}
@@ -306,8 +306,8 @@ def _save_overlay(monitor, path: Path, timeout_s: float = 5.0) -> bool:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    from clipose_ros import ros_convert as rc
     from clipose_ros.core.visualize import draw_pose
+    from clipose_ros.ros import convert as rc
 
     got: dict[str, object] = {}
     sub = monitor.create_subscription(Image, "clipose/debug_image",
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pose-model", default="", help="instead of config/pose.yaml's")
     parser.add_argument("--segmenter-weights", default="", help="instead of config/pose.yaml's")
     parser.add_argument("--pose-node", default="",
-                        help="command that starts a pose node instead of clipose_ros.node "
+                        help="command that starts a pose node instead of clipose_ros.ros.node "
                              "(ROS arguments are appended)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.rate <= 0 or args.scenes < 1:

@@ -178,7 +178,7 @@ def read_depth_file(path: Path) -> tuple[np.ndarray, float]:
         except Exception as err:  # noqa: BLE001 - any read failure: name the file
             raise SkipItem(f"{path}: cannot read the NPY depth ({err})") from err
     elif suffix == ".exr":
-        from clipose_ros.exr import ExrError, read_exr_depth
+        from clipose_ros.data.exr import ExrError, read_exr_depth
 
         try:
             raw = read_exr_depth(path)
@@ -435,7 +435,7 @@ def _ros_convert():
     environment (``scripts/setup_env.sh`` installs them from wheels), not rclpy or a ROS
     install."""
     try:
-        from clipose_ros import ros_convert
+        from clipose_ros.ros import convert as ros_convert
     except ImportError as err:
         raise SourceError(f"reading bags uses the node's message checks (ros_convert), which "
                           f"need the ROS message packages: {err}; run scripts/setup_env.sh "
@@ -512,7 +512,7 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
     Two passes keep memory small: the first decodes headers only, the second holds a pair's
     two messages until both are read.
     """
-    from clipose_ros.bag_io import BagError, read_bag
+    from clipose_ros.data.bag_io import BagError, read_bag
 
     rc = _ros_convert()
 
@@ -792,7 +792,7 @@ def _intrinsics_from_args(args: argparse.Namespace) -> Intrinsics | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
+    from clipose_ros.ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
 
     parser = argparse.ArgumentParser(
         prog="clipose-infer", description=__doc__.split("\n\n")[0].replace("``", ""),
@@ -894,7 +894,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipose_ros.core.pipeline import build_pipeline
     from clipose_ros.core.tracking import TrackerConfig
     from clipose_ros.logs import log_to_terminal_and_file
-    from clipose_ros.node import (
+    from clipose_ros.ros.node import (
         POSE_NODE_PARAMS,
         ParameterError,
         resolve_device,

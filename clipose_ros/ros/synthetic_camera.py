@@ -35,7 +35,7 @@ from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.boxes import object_box
 from clipose_ros.core.structures import ObjectPose
 from clipose_ros.data import nocs_format as nf
-from clipose_ros.node import Param, ParameterError, declare_parameters, run_node
+from clipose_ros.ros.node import Param, ParameterError, declare_parameters, run_node
 
 RGB_TOPIC = "color/image_raw"
 DEPTH_TOPIC = "aligned_depth_to_color/image_raw"
@@ -185,7 +185,7 @@ def _make_camera_class():
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection3DArray
 
-    from clipose_ros import ros_convert as rc
+    from clipose_ros.ros import convert as rc
 
     class SyntheticCamera(Node):
         """Publishes the prepared frames; see the module docstring."""
