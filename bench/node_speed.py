@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipose_ros.tools.demo import (
+from clipose_ros.ros.processes import (
     DDS_VARIABLES,
     config_file,
     node_commands,

@@ -98,14 +98,15 @@ def doubles_pipeline(folder: str | Path, delay_s: float = 0.0):
 
 
 def main(argv: list[str]) -> int:
-    from clipose_ros.ros.node import pose_node_class, run_node
+    from clipose_ros.ros.node import PoseNode
+    from clipose_ros.ros.runtime import run_node
 
     folder = argv[1]
     delay = 0.0
     if len(argv) > 3 and argv[2] == "--delay":
         delay = float(argv[3])
     pipeline = doubles_pipeline(folder, delay)
-    return run_node(lambda: pose_node_class()(pipeline=pipeline), argv)
+    return run_node(lambda: PoseNode(pipeline=pipeline), argv)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,16 @@ import pytest
 
 from clipose_ros.categories import SYMMETRIC_CATEGORIES
 from clipose_ros.core.pipeline import build_pipeline
+from clipose_ros.core.scoring import score_frame
 from clipose_ros.core.structures import Frame, ObjectPose
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.exr import ExrError, read_exr_depth
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS, resolve_model_path
-from clipose_ros.tools.demo import score_frame
+from clipose_ros.ros.parameters import (
+    DEFAULT_POSE_MODEL,
+    DEFAULT_SEGMENTER_WEIGHTS,
+    resolve_model_path,
+)
 from clipose_ros.tools.infer import (
     DEFAULT_DEPTH_TOPICS,
     DEFAULT_INFO_TOPICS,

@@ -28,10 +28,12 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
+from clipose_ros.core.scoring import summarise
+from clipose_ros.data.replay import load_frames, render_scenes
 from clipose_ros.ros import convert as rc
-from clipose_ros.ros.node import POSE_NODE_PARAMS
-from clipose_ros.ros.synthetic_camera import CAMERA_PARAMS, load_frames, render_scenes
-from clipose_ros.tools.demo import monitor_class, ros_environment, summarise
+from clipose_ros.ros.monitor import Monitor
+from clipose_ros.ros.parameters import CAMERA_PARAMS, POSE_NODE_PARAMS
+from clipose_ros.ros.processes import ros_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DOUBLES = str(Path(__file__).with_name("node_doubles.py"))
@@ -133,7 +135,7 @@ def system(ros, scenes, tmp_path_factory):
     camera = start(camera_cmd({"source": str(scenes), "rate_hz": 5.0, "hold_s": 5.0,
                                "loop": False}), logs / "camera.log")
     node = start([sys.executable, DOUBLES, str(scenes), *ros_args({})], logs / "node.log")
-    monitor = monitor_class()()
+    monitor = Monitor()
     recorder = Recorder("e2e_recorder")
     recorder.listen("markers", MarkerArray, "clipose/markers", RELIABLE)
     from rclpy.executors import SingleThreadedExecutor
@@ -235,7 +237,7 @@ def shipped(ros, tmp_path_factory):
                                "max_objects": 5, "rate_hz": 5.0, "hold_s": 2.5,
                                "loop": False}), logs / "camera.log")
     node = start([sys.executable, "-m", "clipose_ros.ros.node", *ros_args({})], logs / "node.log")
-    monitor = monitor_class()(name="shipped_monitor")
+    monitor = Monitor(name="shipped_monitor")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

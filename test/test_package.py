@@ -41,3 +41,23 @@ def test_every_console_entry_point_resolves_to_a_callable():
     for name, value in scripts.items():
         module, _, attr = value.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), (name, value)
+
+
+def test_a_missing_ros_runtime_gives_one_clear_message(monkeypatch, capsys):
+    """The node entry points check ROS 2's Python packages before importing the node modules
+    (which import rclpy at the top): one line naming what is missing, exit status 2."""
+    import importlib.util
+
+    import pytest
+
+    from clipose_ros.ros import entry_points
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "rclpy" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        entry_points.pose_node([])
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("pose_node: ROS 2's Python runtime is missing here (no rclpy)")
+    assert "make setup" in message and "\n" not in message

@@ -313,7 +313,8 @@ def test_bad_realism_settings_are_refused_with_the_reason(tmp_path, capsys):
 def test_synthetic_camera_renders_with_a_sensor_preset(tmp_path):
     """The synthetic camera's `sensor` parameter gives the preset's frames (room walls behind
     the table, depth holes on surfaces), with the same exact labels as the generator writes."""
-    from clipose_ros.ros.synthetic_camera import SENSOR_CHOICES, load_frames, render_scenes
+    from clipose_ros.data.replay import load_frames, render_scenes
+    from clipose_ros.ros.parameters import SENSOR_CHOICES
 
     assert SENSOR_CHOICES == ("none", *sorted(sensor.PRESETS))
     (ideal,) = load_frames(render_scenes(tmp_path / "ideal", 1, 1, seed=4))

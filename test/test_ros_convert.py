@@ -321,7 +321,7 @@ def test_approximate_sync_pairs_within_slop_once_and_in_order():
 
 
 def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeypatch):
-    from clipose_ros.ros import node
+    from clipose_ros.ros import runtime
 
     class Log:
         def __init__(self):
@@ -337,9 +337,9 @@ def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeyp
             self.lines.append(("error", text))
 
     clock = [100.0]
-    monkeypatch.setattr(node.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
     log = Log()
-    warn = node.WarningThrottle(log, period=5.0)
+    warn = runtime.WarningThrottle(log, period=5.0)
     for _ in range(4):
         warn("encoding", "bad encoding")
     warn("depth", "no depth", "info")

@@ -792,7 +792,7 @@ def _intrinsics_from_args(args: argparse.Namespace) -> Intrinsics | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clipose_ros.ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
+    from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
 
     parser = argparse.ArgumentParser(
         prog="clipose-infer", description=__doc__.split("\n\n")[0].replace("``", ""),
@@ -892,13 +892,13 @@ def build_items(args: argparse.Namespace, K: Intrinsics | None,
 
 def main(argv: list[str] | None = None) -> None:
     from clipose_ros.core.pipeline import build_pipeline
-    from clipose_ros.core.tracking import TrackerConfig
     from clipose_ros.logs import log_to_terminal_and_file
-    from clipose_ros.ros.node import (
-        POSE_NODE_PARAMS,
+    from clipose_ros.ros.parameters import (
         ParameterError,
+        pose_node_defaults,
         resolve_device,
         resolve_model_path,
+        tracker_config,
     )
 
     args = parse_args(argv)
@@ -914,7 +914,7 @@ def main(argv: list[str] | None = None) -> None:
         first = report.problems[0]["message"] if report.problems else "no input"
         sys.exit(f"clipose-infer: nothing to process: {first} ({len(report.problems)} "
                  f"problem(s), all in {log_path})")
-    node = {p.name: p.default for p in POSE_NODE_PARAMS}
+    node = pose_node_defaults()
     try:
         device = resolve_device(args.device)
     except ParameterError as err:  # worded for the node's parameters: reword for flags
@@ -930,8 +930,7 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = build_pipeline(
             pose_model, segmenter, device=device, imgsz=node["imgsz"], score_threshold=score,
             min_mask_area=node["min_mask_area"], min_points=node["min_points"],
-            tracker=TrackerConfig(node["track_match_distance"], node["track_max_missed"],
-                                  node["smoothing"]),
+            tracker=tracker_config(node),
             seed=node["seed"], threads=args.threads or None,
         )
     except RuntimeError as err:
