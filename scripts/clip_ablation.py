@@ -36,7 +36,7 @@ from pathlib import Path
 
 from clipose_ros.logs import log_to_terminal_and_file
 from clipose_ros.model.cache import ensure_cache
-from clipose_ros.model.clip_branch import load_clip
+from clipose_ros.model.clip_model import load_clip
 from clipose_ros.points import PointsConfig
 from clipose_ros.train import holdout_split, load_config, scarce_subset
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny_clip import write_tiny_clip_config
 
-from clipose_ros.model.clip_branch import ClipModelError, check_checkpoint, load_clip
+from clipose_ros.model.clip_model import ClipModelError, check_checkpoint, load_clip
 from clipose_ros.model.prompts import CATEGORIES
 from clipose_ros.tools.clip_pretrain import (
     CropSet,

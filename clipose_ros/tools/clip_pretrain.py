@@ -21,7 +21,7 @@ through its own route once the architecture JSON is registered::
     model, _, preprocess = open_clip.create_model_and_transforms(
         "clipose_clip_tiny", pretrained="models/clip_teacher_tiny.pt")
 
-(``clipose_ros.model.clip_branch.load_clip`` does the same with errors that name the file.)
+(``clipose_ros.model.clip_model.load_clip`` does the same with errors that name the file.)
 
 Evaluation on a test folder (unseen instances): zero-shot category accuracy (mean text feature
 of ``prompts.ZERO_SHOT_TEMPLATES`` per category, argmax) and image-text retrieval top-1 with the
@@ -54,11 +54,10 @@ from clipose_ros.categories import CATEGORIES
 from clipose_ros.data.dataset import CLIP_FILL, NocsInstanceDataset, square_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
 from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
-from clipose_ros.model.clip_branch import (
+from clipose_ros.model.clip_branch import equal_text_mask, info_nce
+from clipose_ros.model.clip_model import (
     TEACHER_FORMAT,
     ClipModelError,
-    equal_text_mask,
-    info_nce,
     load_clip,
     register_model_configs,
 )
