@@ -19,7 +19,7 @@ import numpy as np
 from clipose_ros.categories import CLASS_IDS
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
-from clipose_ros.points import PointsConfig, prepare_points_with_reason
+from clipose_ros.points import PointsConfig, prepare_points
 
 log = logging.getLogger("clipose.estimators")
 
@@ -164,7 +164,7 @@ class CliposeEstimator:
         batch, kept = [], []
         for i, inst in enumerate(instances):
             rng = rngs[i] if rngs is not None else np.random.default_rng(self.seed)
-            pts, _, reason = prepare_points_with_reason(
+            pts, _, reason = prepare_points(
                 frame.depth, inst.mask, frame.K, self.points_config, rng
             )
             if pts is None:

@@ -33,14 +33,9 @@ from tqdm import tqdm
 
 from clipose_ros.categories import class_name, is_symmetric
 from clipose_ros.data.augment import AugmentConfig
-from clipose_ros.data.dataset import (
-    CLIP_FILL,
-    NocsInstanceDataset,
-    prepare_instance,
-    square_crop,
-)
+from clipose_ros.data.dataset import NocsInstanceDataset, instance_crop, prepare_instance
 from clipose_ros.data.nocs_format import frame_path, read_color, read_depth, read_mask
-from clipose_ros.points import PointsConfig, prepare_points_with_reason
+from clipose_ros.points import PointsConfig, prepare_points
 
 log = logging.getLogger("clipose.cache")
 
@@ -170,13 +165,13 @@ def build_cache(
             K = lab["K"].copy()
             K[0, 2] -= x0
             K[1, 2] -= y0
-            points, _, _ = prepare_points_with_reason(d, m, K, points_config)
+            points, _, _ = prepare_points(d, m, K, points_config)
             if points is None:
                 skipped += 1
                 continue
             d_off, m_off = writer.add(d[m], np.packbits(m.reshape(-1)))
             if writer.rgb is not None:
-                crop = square_crop(color, lab["bbox"], rgb_crop_size, crop_scale, CLIP_FILL)
+                crop = instance_crop(color, inst, lab["bbox"], rgb_crop_size, crop_scale)
                 writer.rgb.write(np.ascontiguousarray(crop, dtype=np.uint8).tobytes())
             rows["depth_off"].append(d_off)
             rows["depth_len"].append(int(m.sum()))

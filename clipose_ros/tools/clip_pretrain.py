@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from clipose_ros.categories import CATEGORIES
-from clipose_ros.data.dataset import CLIP_FILL, NocsInstanceDataset, square_crop
+from clipose_ros.data.dataset import NocsInstanceDataset, instance_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
 from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
 from clipose_ros.model.clip_branch import equal_text_mask, info_nce
@@ -204,15 +204,11 @@ def extract_crops(
                     f"instance {lab['instance_id']} of {frame_path(prefix, 'label.pkl')} is not "
                     f"in {frame_path(prefix, 'mask.png')}"
                 )
-            rows, cols = np.nonzero(inst)
-            bbox = lab["bbox"]
-            if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-                bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
             name = CATEGORIES[lab["class_id"] - 1]
             pose = coarse_pose(name, lab["R"], lab["t"], lab["handle_visible"])
-            out["crops"][k] = square_crop(color, bbox, size, crop_scale, CLIP_FILL)
+            out["crops"][k] = instance_crop(color, inst, lab["bbox"], size, crop_scale)
             out["class_ids"][k] = lab["class_id"]
-            out["colours"][k] = COLOURS.index(colour_name(color[rows, cols]))
+            out["colours"][k] = COLOURS.index(colour_name(color[inst]))
             out["elevations"][k] = ELEVATIONS.index(pose.elevation)
             if pose.part_direction is not None:
                 out["directions"][k] = DIRECTIONS.index(pose.part_direction)
