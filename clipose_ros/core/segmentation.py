@@ -200,20 +200,28 @@ class YoloSegmenter:
         r: float,
         pad: tuple[int, int],
     ) -> list[Instance]:
-        """Boxes, scores, NMS, then each survivor's mask evaluated only inside its box, directly
-        at full resolution (bilinear in the prototype logits, threshold at 0 = sigmoid 0.5)."""
+        """Boxes, scores, NMS (:meth:`_detect`), then each survivor's mask (:meth:`_masks`)."""
         nc, nm = len(self.model.names), proto.shape[0]
         if pred.shape[0] != 4 + nc + nm:
             raise SegmenterWeightsError(
                 f"{self.weights}: output has {pred.shape[0]} channels, expected 4 + {nc} classes "
                 f"+ {nm} mask coefficients (an end-to-end/NMS-free export is not supported)"
             )
-        scores_all = pred[4:4 + nc][self.model_classes]  # (n mapped classes, anchors)
+        sel, class_ids, scores = self._detect(pred[:4 + nc])
+        if len(sel) == 0:
+            return []
+        return self._masks(pred, proto, nc, sel, class_ids, scores, frame_hw, input_hw, r, pad)
+
+    def _detect(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Anchors kept by score and NMS (best first, at most ``max_detections``), with their
+        NOCS class ids and scores; ``pred`` holds the box and class rows."""
+        none = np.zeros(0, np.int64)
+        scores_all = pred[4:][self.model_classes]  # (n mapped classes, anchors)
         best = scores_all.argmax(axis=0)
         scores = scores_all[best, np.arange(scores_all.shape[1])]
         keep = np.flatnonzero(scores >= self.score_threshold)
         if len(keep) == 0:
-            return []
+            return none, none, np.zeros(0)
         cx, cy, bw, bh = pred[:4, keep]
         boxes = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
         classes = best[keep]
@@ -225,9 +233,26 @@ class YoloSegmenter:
                                              classes.tolist(), self.score_threshold,
                                              self.iou_threshold)
         chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)[: self.max_detections]
-        if len(chosen) == 0:
-            return []
         sel = keep[chosen]
+        return sel, self.nocs_ids[classes[chosen]], scores[sel]
+
+    def _masks(
+        self,
+        pred: np.ndarray,
+        proto: np.ndarray,
+        nc: int,
+        sel: np.ndarray,
+        class_ids: np.ndarray,
+        scores: np.ndarray,
+        frame_hw: tuple[int, int],
+        input_hw: tuple[int, int],
+        r: float,
+        pad: tuple[int, int],
+    ) -> list[Instance]:
+        """Each selected anchor's mask, evaluated only inside its box, directly at full
+        resolution (bilinear in the prototype logits, threshold at 0 = sigmoid 0.5); specks
+        below ``min_mask_area`` are dropped."""
+        nm = proto.shape[0]
         coeffs = pred[4 + nc:, sel].T  # (k, nm)
         ph, pw = proto.shape[1:]
         logits = (coeffs @ proto.reshape(nm, -1)).reshape(-1, ph, pw).astype(np.float32)
@@ -258,8 +283,7 @@ class YoloSegmenter:
             mask = np.zeros((H, W), dtype=bool)
             mask[y1:y2, x1:x2] = inside
             bbox = np.array([y1 + rows[0], x1 + cols[0], y1 + rows[-1] + 1, x1 + cols[-1] + 1])
-            instances.append(Instance(int(self.nocs_ids[classes[chosen[k]]]),
-                                      float(scores[j]), mask, bbox))
+            instances.append(Instance(int(class_ids[k]), float(scores[k]), mask, bbox))
         return instances
 
 
