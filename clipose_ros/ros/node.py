@@ -18,6 +18,7 @@ A thin shell around :class:`clipose_ros.core.pipeline.PosePipeline`, its paramet
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import sys
 import threading
@@ -38,6 +39,7 @@ from clipose_ros.core.visualize import draw_overlay
 from clipose_ros.ros import convert as rc
 from clipose_ros.ros.parameters import (
     POSE_NODE_PARAMS,
+    PoseNodeConfig,
     check_frame_prefix,
     resolve_device,
     resolve_model_path,
@@ -115,14 +117,14 @@ class PoseNode(Node):
 
     def __init__(self, pipeline: PosePipeline | None = None, **node_kwargs) -> None:
         super().__init__("pose_node", **node_kwargs)
-        self.params = declare_parameters(self, POSE_NODE_PARAMS)
-        p = self.params
-        check_frame_prefix(p["frame_prefix"])
-        self.warn = WarningThrottle(self.get_logger(), p["warn_throttle"])
+        self.config = PoseNodeConfig(**declare_parameters(self, POSE_NODE_PARAMS))
+        p = self.config
+        check_frame_prefix(p.frame_prefix)
+        self.warn = WarningThrottle(self.get_logger(), p.warn_throttle)
         self.pipeline = self._pipeline(pipeline)
         warm_ms = self.pipeline.warm_up()
-        self.pipeline.min_score = p["score_threshold"]
-        self.pipeline.min_points = p["min_points"]
+        self.pipeline.min_score = p.score_threshold
+        self.pipeline.min_points = p.min_points
         self.pipeline.tracker.config = tracker_config(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_statistics()
@@ -132,7 +134,7 @@ class PoseNode(Node):
         self._running = True
         self._worker = threading.Thread(target=self._work, name="clipose-worker", daemon=True)
         self._worker.start()
-        self.create_timer(p["diagnostics_period"], self._diagnostics)
+        self.create_timer(p.diagnostics_period, self._diagnostics)
         self.get_logger().info(
             f"pose_node ready on {self.device}: inputs {self.topics['rgb']}, "
             f"{self.topics['depth']}, {self.topics['camera_info']}; models "
@@ -143,24 +145,24 @@ class PoseNode(Node):
     def _pipeline(self, injected: PosePipeline | None) -> PosePipeline:
         """The injected pipeline, or the shipped one built from the parameters (device and
         model files checked; ``model_files`` and ``device`` say what runs)."""
-        p = self.params
-        if p["num_threads"] > 0:
+        p = self.config
+        if p.num_threads > 0:
             import torch
 
-            torch.set_num_threads(p["num_threads"])
+            torch.set_num_threads(p.num_threads)
         self.model_files = {"pose_model": "(injected)", "segmenter_weights": "(injected)"}
-        self.device = p["device"]
+        self.device = p.device
         if injected is not None:
             return injected
-        self.device = resolve_device(p["device"])
-        pose_model = resolve_model_path(p["pose_model"])
-        weights = resolve_model_path(p["segmenter_weights"])
+        self.device = resolve_device(p.device)
+        pose_model = resolve_model_path(p.pose_model)
+        weights = resolve_model_path(p.segmenter_weights)
         self.model_files = {"pose_model": str(pose_model), "segmenter_weights": str(weights)}
         return build_pipeline(
-            pose_model, weights, device=self.device, imgsz=p["imgsz"],
-            score_threshold=p["score_threshold"], min_mask_area=p["min_mask_area"],
-            min_points=p["min_points"], tracker=tracker_config(p), seed=p["seed"],
-            threads=p["num_threads"] or None,
+            pose_model, weights, device=self.device, imgsz=p.imgsz,
+            score_threshold=p.score_threshold, min_mask_area=p.min_mask_area,
+            min_points=p.min_points, tracker=tracker_config(p), seed=p.seed,
+            threads=p.num_threads or None,
         )
 
     def _init_statistics(self) -> None:
@@ -189,9 +191,9 @@ class PoseNode(Node):
 
     def _init_topics(self) -> None:
         """The synchronised subscriptions and the publishers."""
-        p = self.params
-        qos = (QoSProfile(depth=p["sync_queue_size"], reliability=ReliabilityPolicy.RELIABLE)
-               if p["reliable_qos"] else qos_profile_sensor_data)
+        p = self.config
+        qos = (QoSProfile(depth=p.sync_queue_size, reliability=ReliabilityPolicy.RELIABLE)
+               if p.reliable_qos else qos_profile_sensor_data)
         self.topics = {
             "rgb": self.resolve_topic_name(RGB_TOPIC),
             "depth": self.resolve_topic_name(DEPTH_TOPIC),
@@ -199,7 +201,7 @@ class PoseNode(Node):
         }
         self._sync = rc.make_synchronizer(
             self, (Image, Image, CameraInfo), (RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC), qos,
-            p["sync_queue_size"], p["sync_slop"], self._on_synced,
+            p.sync_queue_size, p.sync_slop, self._on_synced,
             raw_callbacks=[self._arrival("rgb"), self._arrival("depth"),
                            self._arrival("camera_info")],
             on_incompatible=self._incompatible_qos,
@@ -214,29 +216,27 @@ class PoseNode(Node):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""
-        new = dict(self.params)
-        for param in params:
-            new[param.name] = param.value
         try:
+            new = dataclasses.replace(self.config, **{param.name: param.value for param in params})
             tracker = tracker_config(new)
-            check_frame_prefix(new["frame_prefix"])
+            check_frame_prefix(new.frame_prefix)
         except ValueError as err:
             return SetParametersResult(successful=False, reason=str(err))
-        self.params = new
-        self.pipeline.min_score = new["score_threshold"]
-        self.pipeline.min_points = new["min_points"]
+        self.config = new
+        self.pipeline.min_score = new.score_threshold
+        self.pipeline.min_points = new.min_points
         self.pipeline.tracker.config = tracker
-        self.warn.period = new["warn_throttle"]
+        self.warn.period = new.warn_throttle
         segmenter = self.pipeline.segmenter
         if hasattr(segmenter, "score_threshold"):
-            segmenter.score_threshold = new["score_threshold"]
+            segmenter.score_threshold = new.score_threshold
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
 
     def _incompatible_qos(self, topic: str, policy: str) -> None:
         hint = ("the publisher is best effort: set reliable_qos:=false" if policy ==
-                "RELIABILITY" and self.params["reliable_qos"] else "match the publisher's QoS")
+                "RELIABILITY" and self.config.reliable_qos else "match the publisher's QoS")
         self.warn("qos", f"a publisher on {self.resolve_topic_name(topic)} offers a QoS "
                          f"incompatible with this subscription ({policy}); nothing arrives "
                          f"from it: {hint}")
@@ -280,7 +280,7 @@ class PoseNode(Node):
                 near.append(f"no {label} received")
         self.warn("unsynced", (
             f"{rc.describe(name, self.topics)} stamped {stamp / 1e9:.3f} dropped "
-            f"unsynchronised: no complete set within sync_slop={self.params['sync_slop']} "
+            f"unsynchronised: no complete set within sync_slop={self.config.sync_slop} "
             f"s ({', '.join(near)}): a message of the set was lost or late, or the streams' "
             "stamps differ by more than sync_slop (if always, raise it to a frame period)"))
 
@@ -314,7 +314,7 @@ class PoseNode(Node):
         if stamp_ns == 0:
             return False  # refused in frame_from_messages, with its own message
         age = (self.get_clock().now().nanoseconds - stamp_ns) / 1e9
-        tolerance = self.params["stamp_tolerance"]
+        tolerance = self.config.stamp_tolerance
         if abs(age) <= tolerance:
             return True
         with self._stats_lock:
@@ -349,7 +349,7 @@ class PoseNode(Node):
     def _process(self, rgb_msg, depth_msg, info_msg, stamp_ok: bool = True) -> None:
         try:
             frame = rc.frame_from_messages(
-                rgb_msg, depth_msg, info_msg, depth_scale=self.params["depth_scale"],
+                rgb_msg, depth_msg, info_msg, depth_scale=self.config.depth_scale,
                 topics=self.topics)
         except rc.InputError as err:
             with self._stats_lock:
@@ -363,11 +363,11 @@ class PoseNode(Node):
             self.warn("skipped", f"object skipped: {reason}", "info")
         start = time.perf_counter()
         header = rgb_msg.header
-        p = self.params
-        if p["publish_tf"] and result.poses:
-            self.send_tf(rc.tf_message(header, result.poses, p["frame_prefix"]))
+        p = self.config
+        if p.publish_tf and result.poses:
+            self.send_tf(rc.tf_message(header, result.poses, p.frame_prefix))
         self.det_pub.publish(rc.detection_array(header, result.poses))
-        if p["publish_markers"]:
+        if p.publish_markers:
             self.marker_pub.publish(
                 rc.marker_array(header, result.poses, result.ended, "clipose"))
         if self.debug_pub.get_subscription_count() > 0:
@@ -405,7 +405,7 @@ class PoseNode(Node):
         elif recent != set(self.topics) or now - self.last_synced > 2.0:
             missing = sorted(set(self.topics) - recent)
             why = (f"nothing received on {', '.join(self.topics[m] for m in missing)}"
-                   if missing else f"stamps never within sync_slop={self.params['sync_slop']}"
+                   if missing else f"stamps never within sync_slop={self.config.sync_slop}"
                    " s of each other")
             if {"rgb", "depth"} & set(missing) and "camera_info" in recent:
                 why += size_hint(*self.info_size, self.dds_limit)

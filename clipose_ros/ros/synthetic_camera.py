@@ -38,7 +38,7 @@ from vision_msgs.msg import Detection3DArray
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.replay import load_frames, render_scenes
 from clipose_ros.ros import convert as rc
-from clipose_ros.ros.parameters import CAMERA_PARAMS, ParameterError
+from clipose_ros.ros.parameters import CAMERA_PARAMS, CameraConfig, ParameterError
 from clipose_ros.ros.runtime import declare_parameters, run_node
 
 RGB_TOPIC = "color/image_raw"
@@ -52,39 +52,36 @@ class SyntheticCamera(Node):
 
     def __init__(self, **node_kwargs) -> None:
         super().__init__("synthetic_camera", **node_kwargs)
-        p = declare_parameters(self, CAMERA_PARAMS)
-        if p["min_objects"] > p["max_objects"]:
-            raise ParameterError(
-                f"min_objects ({p['min_objects']}) > max_objects ({p['max_objects']})")
-        self.params = p
+        p = CameraConfig(**declare_parameters(self, CAMERA_PARAMS))
+        self.config = p
         self._tmp: str | None = None
         start = time.perf_counter()
-        if p["source"]:
-            folder = Path(p["source"]).expanduser()
+        if p.source:
+            folder = Path(p.source).expanduser()
             if not folder.is_dir():
                 raise ParameterError(f"source: folder {folder} does not exist")
         else:
             self._tmp = tempfile.mkdtemp(prefix="clipose_synthetic_camera_")
             folder = render_scenes(
-                Path(self._tmp), p["scenes"], p["frames_per_scene"], p["seed"],
-                p["min_objects"], p["max_objects"], p["depth_noise"], p["distractors"],
-                None if p["sensor"] == "none" else p["sensor"],
+                Path(self._tmp), p.scenes, p.frames_per_scene, p.seed,
+                p.min_objects, p.max_objects, p.depth_noise, p.distractors,
+                None if p.sensor == "none" else p.sensor,
             )
         try:
-            frames = load_frames(folder, p["intrinsics"], p["max_frames"] or None)
+            frames = load_frames(folder, p.intrinsics, p.max_frames or None)
         except nf.NocsFormatError as err:
             raise ParameterError(f"source: {err}") from err
         self.frames = frames
         # Messages built once; publishing only stamps the shared header.
-        self.header = Header(frame_id=p["frame_id"])
+        self.header = Header(frame_id=p.frame_id)
         self.messages = []
         for f in frames:
-            depth = (f.depth_mm if p["depth_encoding"] == "16UC1"
+            depth = (f.depth_mm if p.depth_encoding == "16UC1"
                      else f.depth_mm.astype(np.float32) / np.float32(1000.0))
             h, w = f.depth_mm.shape
             self.messages.append((
                 rc.image_message(f.rgb, "rgb8", self.header),
-                rc.image_message(depth, p["depth_encoding"], self.header),
+                rc.image_message(depth, p.depth_encoding, self.header),
                 rc.camera_info_message(f.K, w, h, self.header),
                 rc.detection_array(self.header, f.truth, [t.key for t in f.truth],
                                    f.boxes),
@@ -100,7 +97,7 @@ class SyntheticCamera(Node):
         self.published = 0
         self.streaming = False
         self.frame_started = time.monotonic()
-        self.create_timer(1.0 / p["rate_hz"], self._tick)
+        self.create_timer(1.0 / p.rate_hz, self._tick)
         n_objects = sum(len(f.truth) for f in frames)
         self.get_logger().info(
             f"synthetic_camera: {len(frames)} frames ({n_objects} labelled objects) from "
@@ -110,15 +107,15 @@ class SyntheticCamera(Node):
         )
 
     def _tick(self) -> None:
-        p = self.params
+        p = self.config
         if not self.streaming:
-            if p["wait_for_subscriber"] and self.rgb_pub.get_subscription_count() == 0:
+            if p.wait_for_subscriber and self.rgb_pub.get_subscription_count() == 0:
                 return
             self.streaming = True
             self.frame_started = time.monotonic()
             self.get_logger().info("synthetic_camera: streaming")
-        if time.monotonic() - self.frame_started >= p["hold_s"] and (
-            p["loop"] or self.index < len(self.frames) - 1
+        if time.monotonic() - self.frame_started >= p.hold_s and (
+            p.loop or self.index < len(self.frames) - 1
         ):
             self.index = (self.index + 1) % len(self.frames)
             self.frame_started = time.monotonic()
