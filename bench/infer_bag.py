@@ -23,7 +23,7 @@ import numpy as np
 
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.infer import DEFAULT_DEPTH_TOPICS, DEFAULT_INFO_TOPICS, DEFAULT_RGB_TOPICS
+from clipose_ros.tools.infer import DEFAULT_DEPTH_TOPICS, DEFAULT_INFO_TOPICS, DEFAULT_RGB_TOPICS
 
 
 def write_bag(prefixes: list[Path], bag: Path, mcap: bool) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipose_ros.demo import (
+from clipose_ros.ros.processes import (
     DDS_VARIABLES,
     config_file,
     node_commands,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from tf2_msgs.msg import TFMessage
 
-    from clipose_ros.ros_convert import stamp_to_ns
+    from clipose_ros.ros.convert import stamp_to_ns
 
     env = ros_environment()
     os.environ.update({k: env[k] for k in DDS_VARIABLES if k in env})

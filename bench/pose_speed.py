@@ -97,7 +97,7 @@ def bench_points(repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        prepare_points(depth, mask, CAMERA_INTRINSICS, config=PointsConfig(), rng=rng)
+        prepare_points(depth, mask, CAMERA_INTRINSICS, PointsConfig(), rng)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 

@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES
+from clipose_ros.core.segmentation import YoloSegmenter
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
-from clipose_ros.segmentation import YoloSegmenter
-from clipose_ros.structures import Frame, Instance
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL275_K = np.array([[591.0125, 0, 322.525], [0, 590.16775, 244.11084], [0, 0, 1]])
@@ -159,7 +159,8 @@ def camera25(seg: YoloSegmenter, samples: Path, out: Path) -> dict:
 
 
 def pipeline_real275(args, samples: Path, out: Path) -> dict:
-    from clipose_ros.pipeline import build_pipeline, draw_overlay
+    from clipose_ros.core.pipeline import build_pipeline
+    from clipose_ros.core.visualize import draw_overlay
 
     folder = samples / "real275_cppf"
     rgb = read_rgb(folder / "0000_color.png")

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_frames  # noqa: E402 - the sibling benchmark script
 import segment_speed  # noqa: E402
 
-from clipose_ros.segmentation import YoloSegmenter, export_yolo, input_shape_for  # noqa: E402
+from clipose_ros.core.segmentation import YoloSegmenter, input_shape_for
+from clipose_ros.tools.train_seg import export_yolo
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clipose_ros.core.segmentation import YoloSegmenter
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.segmentation import YoloSegmenter
-from clipose_ros.structures import Frame, Instance
 
 
 def load_frames(data: Path | None, n: int) -> list[Frame]:

@@ -537,6 +537,55 @@ def _mean_entry(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _accumulate_frame(
+    fr: Mapping[str, Any], acc: dict[str, dict[int, _ClassAccumulator]], modes: Sequence[str]
+) -> None:
+    """Add one validated frame's matches to the per-mode, per-class accumulators
+    (see :func:`evaluate`)."""
+    iou_thr = IOU_THRESHOLDS[:, None, None]
+    deg_thr = _DEG_EXT[:, None, None, None]
+    cm_thr = _CM_EXT[None, :, None, None]
+    g_ids, p_ids = fr["gt_class_ids"], fr["pred_class_ids"]
+    if len(g_ids) == 0 and len(p_ids) == 0:
+        return
+    sym = np.array(
+        [
+            is_symmetric(int(c), bool(h))
+            for c, h in zip(g_ids, fr["gt_handle_visibility"], strict=True)
+        ],
+        dtype=bool,
+    )
+    # Frame-wide matrices, computed once; cross-class entries are simply never used.
+    deg, cm = pose_error_matrix(fr["pred_RTs"], fr["gt_RTs"], sym)
+    ious = {
+        m: iou_matrix(fr["pred_RTs"], fr["pred_scales"], fr["gt_RTs"], fr["gt_scales"], sym, m)
+        for m in modes
+    }
+    for c in np.union1d(g_ids, p_ids):
+        gi = np.nonzero(g_ids == c)[0]
+        pi = np.nonzero(p_ids == c)[0]
+        pi = pi[np.argsort(-fr["pred_scores"][pi], kind="stable")]
+        scores = fr["pred_scores"][pi]
+        d_c, cm_c = deg[np.ix_(pi, gi)], cm[np.ix_(pi, gi)]
+        for m in modes:
+            a = acc[m][int(c)]
+            a.n_gt += len(gi)
+            iou_c = ious[m][np.ix_(pi, gi)]
+            match = _greedy_match(-iou_c, iou_c[None] > iou_thr)  # (T, p)
+            a.iou_tp.append(match >= 0)
+            a.scores.append(scores)
+            gate = match[_GATE_IDX]
+            gp = np.nonzero(gate >= 0)[0]  # preds matched at the gate, score order kept
+            gg = np.unique(gate[gp])  # the gts they matched
+            a.n_gt_gate += len(gg)
+            if len(gp) == 0:
+                continue
+            dd, cc = d_c[np.ix_(gp, gg)], cm_c[np.ix_(gp, gg)]
+            pmatch = _greedy_match(dd + cc, (dd[None, None] <= deg_thr) & (cc <= cm_thr))
+            a.pose_tp.append(pmatch >= 0)
+            a.pose_scores.append(scores[gp])
+
+
 def evaluate(
     results: Sequence[Mapping[str, Any]], modes: Sequence[str] = IOU_MODES
 ) -> dict[str, Any]:
@@ -565,50 +614,8 @@ def evaluate(
             raise ValueError(f"frame {k}: {exc}") from exc
 
     acc = {m: {c: _ClassAccumulator() for c in range(1, len(CATEGORIES) + 1)} for m in modes}
-    iou_thr = IOU_THRESHOLDS[:, None, None]
-    deg_thr = _DEG_EXT[:, None, None, None]
-    cm_thr = _CM_EXT[None, :, None, None]
-
     for fr in frames:
-        g_ids, p_ids = fr["gt_class_ids"], fr["pred_class_ids"]
-        if len(g_ids) == 0 and len(p_ids) == 0:
-            continue
-        sym = np.array(
-            [
-                is_symmetric(int(c), bool(h))
-                for c, h in zip(g_ids, fr["gt_handle_visibility"], strict=True)
-            ],
-            dtype=bool,
-        )
-        # Frame-wide matrices, computed once; cross-class entries are simply never used.
-        deg, cm = pose_error_matrix(fr["pred_RTs"], fr["gt_RTs"], sym)
-        ious = {
-            m: iou_matrix(fr["pred_RTs"], fr["pred_scales"], fr["gt_RTs"], fr["gt_scales"], sym, m)
-            for m in modes
-        }
-        for c in np.union1d(g_ids, p_ids):
-            gi = np.nonzero(g_ids == c)[0]
-            pi = np.nonzero(p_ids == c)[0]
-            pi = pi[np.argsort(-fr["pred_scores"][pi], kind="stable")]
-            scores = fr["pred_scores"][pi]
-            d_c, cm_c = deg[np.ix_(pi, gi)], cm[np.ix_(pi, gi)]
-            for m in modes:
-                a = acc[m][int(c)]
-                a.n_gt += len(gi)
-                iou_c = ious[m][np.ix_(pi, gi)]
-                match = _greedy_match(-iou_c, iou_c[None] > iou_thr)  # (T, p)
-                a.iou_tp.append(match >= 0)
-                a.scores.append(scores)
-                gate = match[_GATE_IDX]
-                gp = np.nonzero(gate >= 0)[0]  # preds matched at the gate, score order kept
-                gg = np.unique(gate[gp])  # the gts they matched
-                a.n_gt_gate += len(gg)
-                if len(gp) == 0:
-                    continue
-                dd, cc = d_c[np.ix_(gp, gg)], cm_c[np.ix_(gp, gg)]
-                pmatch = _greedy_match(dd + cc, (dd[None, None] <= deg_thr) & (cc <= cm_thr))
-                a.pose_tp.append(pmatch >= 0)
-                a.pose_scores.append(scores[gp])
+        _accumulate_frame(fr, acc, modes)
 
     out: dict[str, Any] = {
         "protocol": "NOCS",

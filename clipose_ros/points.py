@@ -20,11 +20,13 @@ Steps (our own choices, stated here):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
+from clipose_ros.model.config import dataclass_from_dict
 
 NUM_POINTS = 1028
 # Bumped whenever the preparation's output changes for the same input; part of the training
@@ -55,7 +57,15 @@ class PointsConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PointsConfig:
-        return cls(**{k: v for k, v in d.items() if k != "version"})
+        """From a config section, a model file's or a cache's metadata: unknown keys are
+        refused (like the other config readers), and so is a ``version`` other than this
+        code's :data:`PREPARATION_VERSION` (points prepared another way)."""
+        d = dict(d)
+        version = d.pop("version", PREPARATION_VERSION)
+        if version != PREPARATION_VERSION:
+            raise ValueError(f"points preparation version {version} is not this code's "
+                             f"{PREPARATION_VERSION}: the data was prepared another way")
+        return dataclass_from_dict(cls, d, "points")
 
 
 def erode(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -86,16 +96,26 @@ def reject_outliers(points: np.ndarray, factor: float, floor_m: float) -> np.nda
     return points[keep]
 
 
-def prepare_points_with_reason(
+class PreparedPoints(NamedTuple):
+    """What :func:`prepare_points` gives: ``points`` (n_points, 3) float32 in the camera frame,
+    or None when the instance has too few; ``count``, the usable points it had; ``reason``,
+    empty on success, else why there are no points."""
+
+    points: np.ndarray | None
+    count: int
+    reason: str
+
+
+def prepare_points(
     depth: np.ndarray,
     mask: np.ndarray,
     K: np.ndarray,
     config: PointsConfig | None = None,
     rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray | None, int, str]:
-    """Like :func:`prepare_points`; returns ``(points or None, usable point count, reason)``.
+) -> PreparedPoints:
+    """The points of one instance as ``config`` (default :class:`PointsConfig`) prepares them.
 
-    ``reason`` is empty on success and says why there are no points otherwise.
+    ``rng`` defaults to a fixed seed, so that run-time results are reproducible.
     """
     cfg = config or PointsConfig()
     if depth.shape != mask.shape:
@@ -103,7 +123,8 @@ def prepare_points_with_reason(
     rng = rng if rng is not None else np.random.default_rng(0)
     rows, cols = valid_depth_pixels(depth, mask)
     if len(rows) < cfg.min_points:
-        return None, len(rows), f"{len(rows)} mask pixels with valid depth < {cfg.min_points}"
+        return PreparedPoints(None, len(rows),
+                              f"{len(rows)} mask pixels with valid depth < {cfg.min_points}")
     if cfg.erode_px:
         er, ec = valid_depth_pixels(depth, erode(mask, cfg.erode_px))
         if len(er) >= cfg.min_points:
@@ -111,25 +132,7 @@ def prepare_points_with_reason(
     points = backproject_pixels(depth, K, rows, cols)
     points = reject_outliers(points, cfg.outlier_factor, cfg.outlier_floor_m)
     if len(points) < cfg.min_points:
-        return None, len(points), f"{len(points)} points after outlier rejection < {cfg.min_points}"
+        return PreparedPoints(None, len(points), f"{len(points)} points after outlier "
+                                                 f"rejection < {cfg.min_points}")
     picked = points[sample_to(len(points), cfg.n_points, rng)]
-    return picked.astype(np.float32), len(points), ""
-
-
-def prepare_points(
-    depth: np.ndarray,
-    mask: np.ndarray,
-    K: np.ndarray,
-    n_points: int = NUM_POINTS,
-    rng: np.random.Generator | None = None,
-    config: PointsConfig | None = None,
-) -> np.ndarray | None:
-    """(n_points, 3) float32 camera-frame points of one instance, or None when too few.
-
-    ``config`` (when given) overrides ``n_points``; ``rng`` defaults to a fixed seed so that
-    run-time results are reproducible. Use :func:`prepare_points_with_reason` to learn why
-    an instance gave no points.
-    """
-    cfg = config or PointsConfig(n_points=n_points)
-    points, _, _ = prepare_points_with_reason(depth, mask, K, cfg, rng)
-    return points
+    return PreparedPoints(picked.astype(np.float32), len(points), "")

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from clipose_ros.logs import log_to_terminal_and_file
 from clipose_ros.model.cache import ensure_cache
-from clipose_ros.model.clip_branch import load_clip
+from clipose_ros.model.clip_model import load_clip
 from clipose_ros.points import PointsConfig
-from clipose_ros.train import holdout_split, load_config, scarce_subset
+from clipose_ros.tools.train import holdout_split, load_config, scarce_subset
 
 log = logging.getLogger("clipose.ablation")
 
@@ -92,9 +92,10 @@ def train_export_eval(job: dict, test_data: Path) -> list[list[str]]:
     py = sys.executable
     final, pose = str(run / "checkpoints" / "final.pt"), str(run / "pose.pt")
     return [
-        [py, "-m", "clipose_ros.train", "--out", str(run), "--no-progress", *job["train_args"]],
+        [py, "-m", "clipose_ros.tools.train", "--out", str(run), "--no-progress",
+         *job["train_args"]],
         [py, "-m", "clipose_ros.model.export", "--checkpoint", final, "--out", pose],
-        [py, "-m", "clipose_ros.evaluate", "--estimator", "clipose", "--model", pose,
+        [py, "-m", "clipose_ros.tools.evaluate", "--estimator", "clipose", "--model", pose,
          "--data", str(test_data), "--out", str(run / "eval")],
     ]  # fmt: skip
 

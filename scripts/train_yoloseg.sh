@@ -12,7 +12,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${1:-/work/data/synth_v2}"
 RUN="${2:-$ROOT/runs/yoloseg}"
 cd "$ROOT"
-exec .venv/bin/python -m clipose_ros.segmentation \
+exec .venv/bin/python -m clipose_ros.tools.train_seg \
     --data "$DATA/yolo/data.yaml" --out "$RUN" \
     --model yolo11n-seg.yaml --imgsz 320 --batch 8 --lr0 0.0015 --epochs 8 --hours 0.95 \
     --no-val --weights-out models/yoloseg_synth.pt --export onnx --export-hw 256 320

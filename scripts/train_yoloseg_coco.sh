@@ -26,7 +26,7 @@ cd "$ROOT"
 mkdir -p "$RUNS"
 START="${5:-$RUNS/coco_nocs_start.pt}"
 if [ ! -f "$START" ]; then
-    .venv/bin/python -m clipose_ros.yolo_tflite "$TFLITE" "$START" --classes nocs \
+    .venv/bin/python -m clipose_ros.tools.yolo_tflite "$TFLITE" "$START" --classes nocs \
         --calibration "$DATA/train" --calibration-count 256 --calibration-imgsz 416
 fi
 case "$ARM" in
@@ -37,7 +37,7 @@ case "$ARM" in
     *) echo "unknown arm $ARM (full | backbone-frozen | head-only | coco-classes-kept)" >&2
        exit 2;;
 esac
-exec .venv/bin/python -m clipose_ros.segmentation \
+exec .venv/bin/python -m clipose_ros.tools.train_seg \
     --data "$DATA/yolo/data.yaml" --out "$RUNS/$ARM" --model "$START" \
     --imgsz 416 --batch 8 --lr0 0.001 --epochs 4 --hours "$HOURS" --fraction 0.25 --no-val \
     "${FREEZE[@]}"

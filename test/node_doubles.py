@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipose_ros.core.estimators import NocsMapEstimator
+from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.data import nocs_format as nf
-from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.structures import Frame, Instance, ObjectPose
 
 
 def image_key(rgb: np.ndarray) -> str:
@@ -47,6 +47,7 @@ class GroundTruthSegmenter:
     def __init__(self, index: FolderIndex, delay_s: float = 0.0) -> None:
         self.index = index
         self.delay_s = delay_s
+        self.last_timings: dict[str, float] = {}  # test doubles: nothing to time
 
     def segment(self, frame: Frame) -> list[Instance]:
         if self.delay_s:
@@ -90,21 +91,22 @@ class NocsMapLookupEstimator:
 
 
 def doubles_pipeline(folder: str | Path, delay_s: float = 0.0):
-    from clipose_ros.pipeline import PosePipeline
+    from clipose_ros.core.pipeline import PosePipeline
 
     index = FolderIndex(folder)
     return PosePipeline(GroundTruthSegmenter(index, delay_s), NocsMapLookupEstimator(index))
 
 
 def main(argv: list[str]) -> int:
-    from clipose_ros.node import pose_node_class, run_node
+    from clipose_ros.ros.node import PoseNode
+    from clipose_ros.ros.runtime import run_node
 
     folder = argv[1]
     delay = 0.0
     if len(argv) > 3 and argv[2] == "--delay":
         delay = float(argv[3])
     pipeline = doubles_pipeline(folder, delay)
-    return run_node(lambda: pose_node_class()(pipeline=pipeline), argv)
+    return run_node(lambda: PoseNode(pipeline=pipeline), argv)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from clipose_ros.model.clip_branch import (
     TERMS,
     ClipBranch,
     ClipBranchConfig,
-    ClipModelError,
     build_clip_branch,
     equal_text_mask,
     info_nce,
-    load_clip,
 )
+from clipose_ros.model.clip_model import ClipModelError, load_clip
 from clipose_ros.model.prompts import pose_prompts
 
 TINY = "clipose_test_clip32"

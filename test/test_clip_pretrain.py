@@ -13,7 +13,9 @@ import pytest
 import torch
 from tiny_clip import write_tiny_clip_config
 
-from clipose_ros.clip_pretrain import (
+from clipose_ros.model.clip_model import ClipModelError, check_checkpoint, load_clip
+from clipose_ros.model.prompts import CATEGORIES
+from clipose_ros.tools.clip_pretrain import (
     CropSet,
     PretrainConfig,
     colour_name,
@@ -22,8 +24,6 @@ from clipose_ros.clip_pretrain import (
     main,
     pretrain,
 )
-from clipose_ros.model.clip_branch import ClipModelError, check_checkpoint, load_clip
-from clipose_ros.model.prompts import CATEGORIES
 
 TINY = "clipose_test_teacher32"
 OTHER = "clipose_test_teacher32_wide"  # same layout, other widths: a "foreign" architecture

@@ -461,7 +461,7 @@ def test_erosion_that_leaves_only_outliers_falls_back_to_the_whole_mask(monkeypa
     aug = AugmentConfig.preset(False, mask_erosion=True, erosion_prob=1.0)
     config = PointsConfig(min_points=50)
     assert len(dataset.valid_depth_pixels(depth, eroded)[0]) == 70  # passes the pixel check
-    alone = dataset.prepare_points_with_reason(
+    alone = dataset.prepare_points(
         depth, eroded, CAMERA_INTRINSICS, config, np.random.default_rng(0)
     )
     assert alone[0] is None  # but the strays are rejected as outliers: 40 < 50 points

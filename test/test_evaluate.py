@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from clipose_ros import metrics
+from clipose_ros.core.estimators import NocsMapEstimator
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.evaluate import (
+from clipose_ros.tools.evaluate import (
     GroundTruthMasks,
     ResultFileMasks,
     frame_key,

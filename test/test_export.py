@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
-from clipose_ros.estimators import CliposeEstimator
+from clipose_ros.core.estimators import CliposeEstimator
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
 from clipose_ros.model.export import export_checkpoint, export_model, parity_inputs
 from clipose_ros.model.loader import META_NAME, ModelFileError, load_pose_model
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
-from clipose_ros.structures import Frame, Instance
 
 SMALL = NetConfig(
     n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64
@@ -156,7 +156,7 @@ def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):
 
 def test_clipose_eval_with_the_exported_model(exported, tmp_path):
     from clipose_ros.data.synth import SynthConfig, generate
-    from clipose_ros.evaluate import main as eval_main
+    from clipose_ros.tools.evaluate import main as eval_main
 
     path, _ = exported
     generate(tmp_path / "data", "test", 1, 2, 3, 0, SynthConfig(max_objects=2, max_distractors=0))

@@ -19,11 +19,18 @@ import numpy as np
 import pytest
 
 from clipose_ros.categories import SYMMETRIC_CATEGORIES
+from clipose_ros.core.pipeline import build_pipeline
+from clipose_ros.core.scoring import score_frame
+from clipose_ros.core.structures import Frame, ObjectPose
 from clipose_ros.data import nocs_format as nf
+from clipose_ros.data.exr import ExrError, read_exr_depth
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.demo import score_frame
-from clipose_ros.exr import ExrError, read_exr_depth
-from clipose_ros.infer import (
+from clipose_ros.ros.parameters import (
+    DEFAULT_POSE_MODEL,
+    DEFAULT_SEGMENTER_WEIGHTS,
+    resolve_model_path,
+)
+from clipose_ros.tools.infer import (
     DEFAULT_DEPTH_TOPICS,
     DEFAULT_INFO_TOPICS,
     DEFAULT_RGB_TOPICS,
@@ -35,9 +42,6 @@ from clipose_ros.infer import (
     pair_by_stamp,
     parse_args,
 )
-from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS, resolve_model_path
-from clipose_ros.pipeline import build_pipeline
-from clipose_ros.structures import Frame, ObjectPose
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real_samples" / "real275_cppf"
@@ -624,8 +628,8 @@ def test_exr_reader_on_a_file_written_by_openexr():
 def test_the_tool_imports_no_rclpy():
     """Bags are read without a ROS graph: the tool and the node's converters it uses import no
     rclpy (checked in a fresh interpreter: other suites import it in this one)."""
-    code = ("import sys; from clipose_ros import infer; infer._ros_convert(); "
-            "infer._typestore(); import clipose_ros.bag_io; "
+    code = ("import sys; from clipose_ros.tools import infer; infer._ros_convert(); "
+            "infer._typestore(); import clipose_ros.data.bag_io; "
             "assert not [m for m in sys.modules if m.startswith('rclpy')], 'rclpy imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

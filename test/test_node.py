@@ -28,10 +28,12 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from clipose_ros import ros_convert as rc
-from clipose_ros.demo import monitor_class, ros_environment, summarise
-from clipose_ros.node import POSE_NODE_PARAMS
-from clipose_ros.synthetic_camera import CAMERA_PARAMS, load_frames, render_scenes
+from clipose_ros.core.scoring import summarise
+from clipose_ros.data.replay import load_frames, render_scenes
+from clipose_ros.ros import convert as rc
+from clipose_ros.ros.monitor import Monitor
+from clipose_ros.ros.parameters import CAMERA_PARAMS, POSE_NODE_PARAMS
+from clipose_ros.ros.processes import ros_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DOUBLES = str(Path(__file__).with_name("node_doubles.py"))
@@ -77,7 +79,7 @@ def ros_args(params: dict, namespace: str = "") -> list[str]:
 
 
 def camera_cmd(params: dict, namespace: str = "/camera") -> list[str]:
-    return [sys.executable, "-m", "clipose_ros.synthetic_camera", *ros_args(params, namespace)]
+    return [sys.executable, "-m", "clipose_ros.ros.synthetic_camera", *ros_args(params, namespace)]
 
 
 def check_end_to_end(frames: list[dict], tf: list, prefix: str, min_frames: int) -> dict:
@@ -133,7 +135,7 @@ def system(ros, scenes, tmp_path_factory):
     camera = start(camera_cmd({"source": str(scenes), "rate_hz": 5.0, "hold_s": 5.0,
                                "loop": False}), logs / "camera.log")
     node = start([sys.executable, DOUBLES, str(scenes), *ros_args({})], logs / "node.log")
-    monitor = monitor_class()()
+    monitor = Monitor()
     recorder = Recorder("e2e_recorder")
     recorder.listen("markers", MarkerArray, "clipose/markers", RELIABLE)
     from rclpy.executors import SingleThreadedExecutor
@@ -234,8 +236,8 @@ def shipped(ros, tmp_path_factory):
     camera = start(camera_cmd({"scenes": SHIPPED_SCENES, "seed": 7, "min_objects": 3,
                                "max_objects": 5, "rate_hz": 5.0, "hold_s": 2.5,
                                "loop": False}), logs / "camera.log")
-    node = start([sys.executable, "-m", "clipose_ros.node", *ros_args({})], logs / "node.log")
-    monitor = monitor_class()(name="shipped_monitor")
+    node = start([sys.executable, "-m", "clipose_ros.ros.node", *ros_args({})], logs / "node.log")
+    monitor = Monitor(name="shipped_monitor")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -681,13 +683,13 @@ def run_until_exit(cmd: list[str], timeout: float = 60) -> subprocess.CompletedP
 def test_invalid_parameters_stop_start_up_with_a_message(params, words):
     if "pose_model" in params and importlib.util.find_spec("clipose_ros.model") is None:
         pytest.skip("the pose model loader is not in the package yet")
-    result = run_until_exit([sys.executable, "-m", "clipose_ros.node", *ros_args(params)])
+    result = run_until_exit([sys.executable, "-m", "clipose_ros.ros.node", *ros_args(params)])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pose_node: cannot start" in result.stderr and words in result.stderr
 
 
 def test_camera_refuses_inconsistent_parameters():
-    result = run_until_exit([sys.executable, "-m", "clipose_ros.synthetic_camera",
+    result = run_until_exit([sys.executable, "-m", "clipose_ros.ros.synthetic_camera",
                              *ros_args({"min_objects": 5, "max_objects": 2})])
     assert result.returncode == 2
     assert "min_objects (5) > max_objects (2)" in result.stderr
@@ -710,7 +712,7 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     assert {"namespace", "rgb_topic", "depth_topic", "camera_info_topic", "pose_model",
             "segmenter_weights", "device", "score_threshold", "use_synthetic_camera",
             "use_rviz"} <= set(launch.ARGUMENTS)
-    from clipose_ros.node import DEPTH_TOPIC, INFO_TOPIC, RGB_TOPIC
+    from clipose_ros.ros.node import DEPTH_TOPIC, INFO_TOPIC, RGB_TOPIC
 
     assert set(launch.TOPIC_REMAPS.values()) == {RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC}
     rviz = yaml.safe_load((ROOT / "config" / "clipose.rviz").read_text())

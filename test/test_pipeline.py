@@ -7,17 +7,14 @@ import numpy as np
 import pytest
 
 from clipose_ros.categories import CLASS_IDS
+from clipose_ros.core.boxes import object_box
+from clipose_ros.core.pipeline import PosePipeline
+from clipose_ros.core.scoring import score_frame, summarise
+from clipose_ros.core.structures import Frame, Instance, ObjectPose
+from clipose_ros.core.tracking import PoseTracker, TrackerConfig
+from clipose_ros.core.visualize import draw_overlay
 from clipose_ros.data.shapes import make_instance
-from clipose_ros.demo import score_frame, summarise
 from clipose_ros.geometry import rotation_about_axis, rotation_angle_deg
-from clipose_ros.pipeline import (
-    PosePipeline,
-    PoseTracker,
-    TrackerConfig,
-    draw_overlay,
-    object_box,
-)
-from clipose_ros.structures import Frame, Instance, ObjectPose
 
 Y = np.array([0.0, 1.0, 0.0])
 K = np.array([[500.0, 0, 160], [0, 500.0, 120], [0, 0, 1]])
@@ -99,6 +96,7 @@ def test_tracker_config_refuses_bad_values():
 class FixedSegmenter:
     def __init__(self, instances):
         self.instances = instances
+        self.last_timings = {}
 
     def segment(self, frame):
         return list(self.instances)
@@ -112,6 +110,7 @@ class CentroidEstimator:
     def __init__(self):
         self.calls = []
         self.last_timings = {}
+        self.min_points = 1
 
     def estimate(self, frame, instances):
         self.calls.append(len(instances))
@@ -224,7 +223,7 @@ def test_overlay_draws_boxes_where_the_objects_are():
 
 
 def test_summary_counts_id_changes_within_a_scene_run_only():
-    from clipose_ros.demo import Match
+    from clipose_ros.core.scoring import Match
 
     def frame(scene, pred):
         return {"matches": [Match(f"{scene}#1", "can", pred, 1.0, 1.0)]}
@@ -253,7 +252,7 @@ def test_synthetic_camera_ground_truth_boxes_hold_the_objects(tmp_path):
     import trimesh
 
     from clipose_ros.data import nocs_format as nf
-    from clipose_ros.synthetic_camera import load_frames, render_scenes, truth_is_symmetric
+    from clipose_ros.data.replay import load_frames, render_scenes, truth_is_symmetric
 
     folder = render_scenes(tmp_path, 1, 1, seed=0, min_objects=4, max_objects=4,
                            distractors=False)

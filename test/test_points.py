@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.estimators import CliposeEstimator
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import NocsInstanceDataset, normalize_clip
 from clipose_ros.data.nocs_format import read_color, read_depth, read_mask
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.estimators import CliposeEstimator
 from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
 from clipose_ros.model.cache import CachedInstances, ensure_cache
-from clipose_ros.points import PointsConfig, prepare_points, prepare_points_with_reason
-from clipose_ros.structures import Frame, Instance
+from clipose_ros.points import PointsConfig, prepare_points
 
 K = CAMERA_INTRINSICS
 
@@ -40,7 +40,7 @@ def plane(depth_m: float = 0.8, size: int = 40) -> tuple[np.ndarray, np.ndarray]
 
 def test_shape_dtype_and_values_lie_on_the_backprojected_pixels():
     depth, mask = plane()
-    pts = prepare_points(depth, mask, K, n_points=1028)
+    pts = prepare_points(depth, mask, K, PointsConfig(n_points=1028)).points
     assert pts.shape == (1028, 3) and pts.dtype == np.float32
     assert np.allclose(pts[:, 2], 0.8)
     full = backproject_pixels(depth, K, *valid_depth_pixels(depth, mask))
@@ -50,16 +50,15 @@ def test_shape_dtype_and_values_lie_on_the_backprojected_pixels():
 
 def test_sampling_repeats_only_when_short():
     depth, mask = plane(size=20)  # 400 pixels < 1028
-    pts = prepare_points(depth, mask, K, 1028)
+    pts = prepare_points(depth, mask, K, PointsConfig(n_points=1028)).points
     assert len(np.unique(pts, axis=0)) == 400
     depth, mask = plane(size=40)  # 1600 pixels >= 1028: no repetition
-    assert len(np.unique(prepare_points(depth, mask, K, 1028), axis=0)) == 1028
+    assert len(np.unique(prepare_points(depth, mask, K).points, axis=0)) == 1028
 
 
 def test_too_few_points_gives_none_with_reason():
     depth, mask = plane(size=5)
-    assert prepare_points(depth, mask, K) is None
-    pts, count, reason = prepare_points_with_reason(depth, mask, K)
+    pts, count, reason = prepare_points(depth, mask, K)
     assert pts is None and count == 25 and "25" in reason and "50" in reason
 
 
@@ -67,32 +66,33 @@ def test_invalid_depth_inside_the_mask_is_ignored():
     depth, mask = plane()
     depth[40:50, 60:100] = 0.0
     depth[50:52, 60:100] = np.nan
-    pts = prepare_points(depth, mask, K)
+    pts = prepare_points(depth, mask, K).points
     assert np.isfinite(pts).all() and np.allclose(pts[:, 2], 0.8)
 
 
 def test_outliers_behind_the_object_are_rejected():
     depth, mask = plane(size=40)
     depth[40:42, 60:100] = 3.0  # a mask edge bleeding onto the far background
-    pts = prepare_points(depth, mask, K)
+    pts = prepare_points(depth, mask, K).points
     assert pts[:, 2].max() < 1.0
     loose = PointsConfig(outlier_factor=100.0, outlier_floor_m=10.0)
-    assert prepare_points(depth, mask, K, config=loose)[:, 2].max() == pytest.approx(3.0)
+    assert prepare_points(depth, mask, K, loose).points[:, 2].max() == pytest.approx(3.0)
 
 
 def test_erosion_drops_the_mask_edge_but_never_all_points():
     depth, mask = plane(size=40)
     depth[40, 60:100] = 0.7  # a bad top row
-    eroded = prepare_points(depth, mask, K, config=PointsConfig(erode_px=2))
+    eroded = prepare_points(depth, mask, K, PointsConfig(erode_px=2)).points
     assert np.allclose(eroded[:, 2], 0.8)
     depth, mask = plane(size=9)  # 81 pixels, erosion would leave 25 < 50: keep the mask
-    pts = prepare_points(depth, mask, K, config=PointsConfig(erode_px=2))
+    pts = prepare_points(depth, mask, K, PointsConfig(erode_px=2)).points
     assert pts is not None and len(np.unique(pts, axis=0)) == 81
 
 
 def test_deterministic_by_default_and_shape_mismatch_refused():
     depth, mask = plane()
-    assert np.array_equal(prepare_points(depth, mask, K), prepare_points(depth, mask, K))
+    assert np.array_equal(prepare_points(depth, mask, K).points,
+                          prepare_points(depth, mask, K).points)
     with pytest.raises(ValueError, match="mask shape"):
         prepare_points(depth, mask[:-1], K)
 
@@ -137,3 +137,15 @@ def test_cache_keeps_the_readers_rgb_crops_and_rebuilds_on_change(synth, tmp_pat
     key = json.loads((folder / "manifest.json").read_text())["key"]
     ensure_cache(synth, folder, PointsConfig(erode_px=1), rgb_crop_size=32, progress=False)
     assert json.loads((folder / "manifest.json").read_text())["key"] != key
+
+
+def test_points_config_from_dict_is_strict():
+    """Like the other config readers: a typo is refused, not silently defaulted; so are points
+    prepared by another version of the preparation."""
+    cfg = PointsConfig(erode_px=2, min_points=30)
+    assert PointsConfig.from_dict(cfg.to_dict()) == cfg
+    assert PointsConfig.from_dict({"n_points": 512}) == PointsConfig(n_points=512)
+    with pytest.raises(ValueError, match="unknown keys"):
+        PointsConfig.from_dict({"n_point": 512})
+    with pytest.raises(ValueError, match="version 0"):
+        PointsConfig.from_dict({**cfg.to_dict(), "version": 0})

@@ -24,8 +24,8 @@ from clipose_ros.data.prepare_nocs import (
     prepare,
 )
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.evaluate import main as eval_main
 from clipose_ros.geometry import backproject_pixels, rotation_angle_deg, valid_depth_pixels
+from clipose_ros.tools.evaluate import main as eval_main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "real_samples" / "camera25_train"
 needs_shared = pytest.mark.skipif(

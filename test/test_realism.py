@@ -284,8 +284,8 @@ def test_realistic_frames_are_deterministic_per_seed():
 def test_room_scene_labels_are_exact_nocs_map_scores_100(tmp_path):
     """Noise-free room frames (the preset with its depth effects off): the NOCS-map reference
     recovers every labelled pose, as on the clean frames."""
-    from clipose_ros.estimators import NocsMapEstimator
-    from clipose_ros.evaluate import GroundTruthMasks, run_evaluation
+    from clipose_ros.core.estimators import NocsMapEstimator
+    from clipose_ros.tools.evaluate import GroundTruthMasks, run_evaluation
 
     cfg = SynthConfig(sensor="structured-light", scene="room", depth_noise=False,
                       min_objects=3, max_objects=4)
@@ -313,7 +313,8 @@ def test_bad_realism_settings_are_refused_with_the_reason(tmp_path, capsys):
 def test_synthetic_camera_renders_with_a_sensor_preset(tmp_path):
     """The synthetic camera's `sensor` parameter gives the preset's frames (room walls behind
     the table, depth holes on surfaces), with the same exact labels as the generator writes."""
-    from clipose_ros.synthetic_camera import SENSOR_CHOICES, load_frames, render_scenes
+    from clipose_ros.data.replay import load_frames, render_scenes
+    from clipose_ros.ros.parameters import SENSOR_CHOICES
 
     assert SENSOR_CHOICES == ("none", *sorted(sensor.PRESETS))
     (ideal,) = load_frames(render_scenes(tmp_path / "ideal", 1, 1, seed=4))

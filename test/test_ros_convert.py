@@ -10,10 +10,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from clipose_ros import ros_convert as rc
 from clipose_ros.categories import CAMERA_INTRINSICS, CLASS_IDS
-from clipose_ros.pipeline import object_box
-from clipose_ros.structures import ObjectPose
+from clipose_ros.core.boxes import object_box
+from clipose_ros.core.structures import ObjectPose
+from clipose_ros.ros import convert as rc
 
 HEADER = Header(frame_id="cam_optical", stamp=rc.ns_to_stamp(1_700_000_000_123_456_789))
 
@@ -321,7 +321,7 @@ def test_approximate_sync_pairs_within_slop_once_and_in_order():
 
 
 def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeypatch):
-    from clipose_ros import node
+    from clipose_ros.ros import runtime
 
     class Log:
         def __init__(self):
@@ -337,9 +337,9 @@ def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeyp
             self.lines.append(("error", text))
 
     clock = [100.0]
-    monkeypatch.setattr(node.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
     log = Log()
-    warn = node.WarningThrottle(log, period=5.0)
+    warn = runtime.WarningThrottle(log, period=5.0)
     for _ in range(4):
         warn("encoding", "bad encoding")
     warn("depth", "no depth", "info")
@@ -354,7 +354,7 @@ def test_warning_throttle_one_message_per_kind_and_period_with_the_count(monkeyp
 def test_fastdds_segment_limit_is_read_from_the_profile_in_use(tmp_path):
     from pathlib import Path
 
-    from clipose_ros.node import fastdds_segment_limit, size_hint
+    from clipose_ros.ros.node import fastdds_segment_limit, size_hint
 
     shipped = str(Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml")
     assert fastdds_segment_limit({"FASTDDS_DEFAULT_PROFILES_FILE": shipped}) == (

@@ -8,23 +8,24 @@ import json
 import numpy as np
 import pytest
 
-from clipose_ros import segmentation
-from clipose_ros.data import nocs_format as nf
-from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.estimators import NocsMapEstimator
-from clipose_ros.evaluate import main as eval_main
-from clipose_ros.evaluate import run_evaluation
-from clipose_ros.segmentation import (
+from clipose_ros.core import segmentation
+from clipose_ros.core.estimators import NocsMapEstimator
+from clipose_ros.core.segmentation import (
     COCO_CLASS_MAP,
     GroundTruthMasks,
-    SegmenterWeightsError,
     YoloSegmenter,
     build_segmenter,
     input_shape_for,
     letterbox,
     resolve_class_map,
 )
-from clipose_ros.structures import Frame
+from clipose_ros.core.structures import Frame
+from clipose_ros.core.yolo_backends import SegmenterWeightsError
+from clipose_ros.data import nocs_format as nf
+from clipose_ros.data.synth import SynthConfig, generate
+from clipose_ros.tools import train_seg
+from clipose_ros.tools.evaluate import main as eval_main
+from clipose_ros.tools.evaluate import run_evaluation
 
 NAMES = {0: "bottle", 1: "bowl", 2: "camera", 3: "can", 4: "laptop", 5: "mug", 6: "person"}
 
@@ -193,11 +194,11 @@ def tiny_run(tmp_path_factory):
     cfg = SynthConfig(depth_noise=False, max_distractors=0)
     generate(root, "train", 4, 2, seed=5, cfg=cfg, progress=False)
     generate(root, "test", 2, 1, seed=6, cfg=cfg, progress=False)
-    weights = segmentation.train_yolo(
+    weights = train_seg.train_yolo(
         root / "yolo" / "data.yaml", root / "run", imgsz=64, epochs=1, batch=4, cache=False,
         val=False, verbose=False,
     )
-    onnx = segmentation.export_yolo(weights, "onnx", (96, 96))  # 640x480 at long side 96
+    onnx = train_seg.export_yolo(weights, "onnx", (96, 96))  # 640x480 at long side 96
     return root, weights, onnx
 
 

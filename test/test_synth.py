@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from clipose_ros.categories import CATEGORIES, is_symmetric
+from clipose_ros.core.estimators import NocsMapEstimator
+from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.shapes import PART_BODY, PART_HANDLE, make_instance
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.estimators import NocsMapEstimator
 from clipose_ros.geometry import backproject_pixels, rotation_angle_deg, umeyama
-from clipose_ros.structures import Frame, Instance
 
 
 @pytest.fixture(scope="module")

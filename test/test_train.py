@@ -22,7 +22,7 @@ from clipose_ros.model.export import export_checkpoint
 from clipose_ros.model.loader import META_NAME
 from clipose_ros.model.network import NetConfig, PoseNet
 from clipose_ros.points import PointsConfig
-from clipose_ros.train import ConfigError, load_config, main, scarce_subset, train, validate
+from clipose_ros.tools.train import ConfigError, load_config, main, scarce_subset, train, validate
 
 SMALL = NetConfig(
     n_graph=128, n_coarse=32, k=8, c1=16, c2=32, c3=32, c4=64, coord_channels=16, head_hidden=64

@@ -15,7 +15,7 @@ from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.model.cache import CachedInstances
 from clipose_ros.model.checkpoint import load_checkpoint
 from clipose_ros.model.mix import DataSource, MixedInstances, MixSampler, parse_source
-from clipose_ros.train import load_config, main
+from clipose_ros.tools.train import load_config, main
 
 SMALL_NET = dict(n_graph=128, n_coarse=32, k=8, supports=2, c1=16, c2=32, c3=32, c4=64,
                  coord_channels=16, head_hidden=64)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.visualize import draw_pose
 from clipose_ros.geometry import box_corners, project, rotation_about_axis
-from clipose_ros.visualize import draw_pose
 
 
 def test_box_edges_are_drawn_at_the_projected_corners_only():

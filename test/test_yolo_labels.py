@@ -8,7 +8,8 @@ import pytest
 
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.yolo_labels import convert, frame_stem, main, write_data_yaml
+from clipose_ros.data.yolo_format import write_data_yaml
+from clipose_ros.tools.yolo_labels import convert, frame_stem, main
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from clipose_ros.core.segmentation import letterbox
+from clipose_ros.core.yolo_backends import load_backend
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.metrics import box_iou_2d, mask_iou
-from clipose_ros.segmentation import letterbox, load_backend
-from clipose_ros.yolo_tflite import (
+from clipose_ros.tools.yolo_tflite import (
     TfliteImportError,
     convert,
     match_convolutions,
@@ -104,8 +105,8 @@ def test_converted_model_gives_the_tflite_detections(converted, tmp_path):
 def test_real275_frame_objects_with_the_converted_model(converted):
     """The COCO copy, through the segmenter users run, finds the sample frame's laptop, mugs
     and bowls (COCO has no can)."""
-    from clipose_ros.segmentation import YoloSegmenter
-    from clipose_ros.structures import Frame
+    from clipose_ros.core.segmentation import YoloSegmenter
+    from clipose_ros.core.structures import Frame
 
     seg = YoloSegmenter(converted, imgsz=640, threads=2)
     rgb = cv2.cvtColor(cv2.imread(str(SAMPLES / "real275_cppf" / "0000_color.png")),
@@ -161,8 +162,8 @@ def test_keep_classes_fine_tuning_holds_the_coco_classifier(converted, tmp_path)
     the box branch learn."""
     import torch
 
-    from clipose_ros.segmentation import train_yolo
-    from clipose_ros.yolo_tflite import to_nocs_classes
+    from clipose_ros.tools.train_seg import train_yolo
+    from clipose_ros.tools.yolo_tflite import to_nocs_classes
 
     start_model = to_nocs_classes(torch.load(converted, weights_only=False)["model"].float())
     start = save_checkpoint(start_model, tmp_path / "nocs6.pt", TFLITE)

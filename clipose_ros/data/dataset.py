@@ -70,7 +70,7 @@ from clipose_ros.data.nocs_format import (
     resolve_intrinsics,
 )
 from clipose_ros.geometry import valid_depth_pixels
-from clipose_ros.points import NUM_POINTS, PointsConfig, prepare_points_with_reason
+from clipose_ros.points import NUM_POINTS, PointsConfig, prepare_points
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,20 @@ def square_crop(
     patch = image[top : top + side, left : left + side]
     interp = cv2.INTER_AREA if side > out_size else cv2.INTER_CUBIC
     return cv2.resize(patch, (out_size, out_size), interpolation=interp)
+
+
+def instance_crop(
+    color: np.ndarray, instance: np.ndarray, bbox: np.ndarray, out_size: int, scale: float
+) -> np.ndarray:
+    """The CLIP crop of one instance, (out, out, 3) uint8: :func:`square_crop` of its label box
+    (y1, x1, y2, x2), or of the box of its mask ``instance`` where the label box is degenerate,
+    padded with CLIP's mean colour. The one crop path of the reader, the training cache and
+    ``clipose-pretrain-clip``."""
+    bbox = np.asarray(bbox)
+    if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
+        rows, cols = np.nonzero(instance)
+        bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+    return square_crop(color, bbox, out_size, scale, CLIP_FILL)
 
 
 def normalize_clip(rgb: np.ndarray) -> np.ndarray:
@@ -151,11 +165,11 @@ def prepare_instance(
         eroded = erode_mask(mask, rng, aug.erosion_max_kernel)
         if len(valid_depth_pixels(depth, eroded)[0]) >= points_config.min_points:
             used = eroded
-    points, count, _ = prepare_points_with_reason(depth, used, K, points_config, rng)
+    points, count, _ = prepare_points(depth, used, K, points_config, rng)
     if points is None and used is not mask:
         # never let erosion make a sample unusable: the outlier rejection can still drop an
         # eroded mask below min_points (seen once in 20 000 samples); the whole mask then
-        points, count, _ = prepare_points_with_reason(depth, mask, K, points_config, rng)
+        points, count, _ = prepare_points(depth, mask, K, points_config, rng)
     if points is None:
         return None
     points = points.astype(np.float64)
@@ -522,9 +536,5 @@ class NocsInstanceDataset(Dataset):
                 f"{frame_path(prefix, 'color.png')} has shape {color.shape[:2]} but "
                 f"{frame_path(prefix, 'mask.png')} has shape {inst.shape}"
             )
-        bbox = self._bbox[j]
-        if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:  # degenerate label box: use the mask's
-            rows, cols = np.nonzero(inst)
-            bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
-        crop = square_crop(color, bbox, self.crop_size, self.crop_scale, CLIP_FILL)
+        crop = instance_crop(color, inst, self._bbox[j], self.crop_size, self.crop_scale)
         return normalize_clip(crop)

@@ -57,9 +57,9 @@ from clipose_ros.data.render import (
     rotate_rows,
 )
 from clipose_ros.data.shapes import ShapeInstance, make_instance
+from clipose_ros.data.yolo_format import link_image, write_data_yaml, yolo_lines
 from clipose_ros.geometry import look_at, rotation_about_axis
 from clipose_ros.logs import log_to_terminal_and_file
-from clipose_ros.yolo_labels import link_image, write_data_yaml, yolo_lines
 
 log = logging.getLogger("clipose.synth")
 HANDLE_PART = 1

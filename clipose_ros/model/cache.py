@@ -34,15 +34,14 @@ from tqdm import tqdm
 from clipose_ros.categories import CLASS_IDS, class_name, is_symmetric
 from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import (
-    CLIP_FILL,
     NocsInstanceDataset,
     handle_points_in_depth,
+    instance_crop,
     prepare_instance,
-    square_crop,
 )
 from clipose_ros.data.nocs_format import frame_path, read_color, read_depth, read_mask
 from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
-from clipose_ros.points import PointsConfig, prepare_points_with_reason
+from clipose_ros.points import PointsConfig, prepare_points
 
 log = logging.getLogger("clipose.cache")
 
@@ -110,6 +109,53 @@ class _Writer:
                 f.close()
 
 
+# Per-instance fields of index.npz (besides the frame names), in the order they are written.
+_INDEX_FIELDS = ("depth_off", "depth_len", "mask_off", "shape", "origin", "K", "class_id", "R",
+                 "t", "s", "extents", "handle", "bbox", "instance_id")
+
+
+def _cut_instance(
+    depth: np.ndarray, inst: np.ndarray, K: np.ndarray, points_config: PointsConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]] | None:
+    """(depth crop, mask crop, K shifted to the crop, crop origin (y0, x0)) of the non-empty
+    instance mask ``inst`` (its box plus the margin), or None when it gives too few points."""
+    ys, xs = np.nonzero(inst)
+    y0 = max(int(ys.min()) - _MARGIN, 0)
+    x0 = max(int(xs.min()) - _MARGIN, 0)
+    y1 = min(int(ys.max()) + 1 + _MARGIN, inst.shape[0])
+    x1 = min(int(xs.max()) + 1 + _MARGIN, inst.shape[1])
+    m = inst[y0:y1, x0:x1]
+    d = np.where(m, depth[y0:y1, x0:x1], 0.0).astype(np.float32)
+    K = K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    if prepare_points(d, m, K, points_config).points is None:
+        return None
+    return d, m, K, (y0, x0)
+
+
+def _write_index(folder: Path, rows: dict[str, list], frames: list[str]) -> None:
+    n = len(frames)
+    np.savez(
+        folder / "index.npz",
+        depth_off=np.array(rows["depth_off"], np.int64),
+        depth_len=np.array(rows["depth_len"], np.int64),
+        mask_off=np.array(rows["mask_off"], np.int64),
+        shape=np.array(rows["shape"], np.int64).reshape(n, 2),
+        origin=np.array(rows["origin"], np.int64).reshape(n, 2),
+        K=np.array(rows["K"], np.float64).reshape(n, 3, 3),
+        class_id=np.array(rows["class_id"], np.int64),
+        R=np.array(rows["R"], np.float64).reshape(n, 3, 3),
+        t=np.array(rows["t"], np.float64).reshape(n, 3),
+        s=np.array(rows["s"], np.float64),
+        extents=np.array(rows["extents"], np.float64).reshape(n, 3),
+        handle=np.array(rows["handle"], bool),
+        bbox=np.array(rows["bbox"], np.int64).reshape(n, 4),
+        instance_id=np.array(rows["instance_id"], np.int64),
+        frame=np.array(frames),
+    )
+
+
 def build_cache(
     root: Path,
     folder: Path,
@@ -128,25 +174,7 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     writer = _Writer(tmp, rgb_crop_size)
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "depth_off",
-            "depth_len",
-            "mask_off",
-            "shape",
-            "origin",
-            "K",
-            "class_id",
-            "R",
-            "t",
-            "s",
-            "extents",
-            "handle",
-            "bbox",
-            "instance_id",
-        )
-    }
+    rows: dict[str, list] = {k: [] for k in _INDEX_FIELDS}
     frames: list[str] = []
     skipped = 0
     by_frame = reader.indices_by_frame()
@@ -162,64 +190,28 @@ def build_cache(
                     f"{frame_path(prefix, 'mask.png')}: instance "
                     f"{lab['instance_id']} of the label is not in the mask"
                 )
-            ys, xs = np.nonzero(inst)
-            y0 = max(int(ys.min()) - _MARGIN, 0)
-            x0 = max(int(xs.min()) - _MARGIN, 0)
-            y1 = min(int(ys.max()) + 1 + _MARGIN, mask.shape[0])
-            x1 = min(int(xs.max()) + 1 + _MARGIN, mask.shape[1])
-            m = inst[y0:y1, x0:x1]
-            d = np.where(m, depth[y0:y1, x0:x1], 0.0).astype(np.float32)
-            K = lab["K"].copy()
-            K[0, 2] -= x0
-            K[1, 2] -= y0
-            points, _, _ = prepare_points_with_reason(d, m, K, points_config)
-            if points is None:
+            cut = _cut_instance(depth, inst, lab["K"], points_config)
+            if cut is None:
                 skipped += 1
                 continue
+            d, m, K, origin = cut
             d_off, m_off = writer.add(d[m], np.packbits(m.reshape(-1)))
             if writer.rgb is not None:
-                crop = square_crop(color, lab["bbox"], rgb_crop_size, crop_scale, CLIP_FILL)
+                crop = instance_crop(color, inst, lab["bbox"], rgb_crop_size, crop_scale)
                 writer.rgb.write(np.ascontiguousarray(crop, dtype=np.uint8).tobytes())
-            rows["depth_off"].append(d_off)
-            rows["depth_len"].append(int(m.sum()))
-            rows["mask_off"].append(m_off)
-            rows["shape"].append(m.shape)
-            rows["origin"].append((y0, x0))
-            rows["K"].append(K)
-            rows["class_id"].append(lab["class_id"])
-            rows["R"].append(lab["R"])
-            rows["t"].append(lab["t"])
-            rows["s"].append(lab["s"])
-            rows["extents"].append(lab["extents"])
-            rows["handle"].append(lab["handle_visible"])
-            rows["bbox"].append(lab["bbox"])
-            rows["instance_id"].append(lab["instance_id"])
+            entry = {"depth_off": d_off, "depth_len": int(m.sum()), "mask_off": m_off,
+                     "shape": m.shape, "origin": origin, "K": K,
+                     "handle": lab["handle_visible"]}
+            for k in _INDEX_FIELDS:
+                rows[k].append(entry[k] if k in entry else lab[k])
             frames.append(str(prefix.relative_to(root)))
     writer.close()
-    n = len(frames)
-    np.savez(
-        tmp / "index.npz",
-        depth_off=np.array(rows["depth_off"], np.int64),
-        depth_len=np.array(rows["depth_len"], np.int64),
-        mask_off=np.array(rows["mask_off"], np.int64),
-        shape=np.array(rows["shape"], np.int64).reshape(n, 2),
-        origin=np.array(rows["origin"], np.int64).reshape(n, 2),
-        K=np.array(rows["K"], np.float64).reshape(n, 3, 3),
-        class_id=np.array(rows["class_id"], np.int64),
-        R=np.array(rows["R"], np.float64).reshape(n, 3, 3),
-        t=np.array(rows["t"], np.float64).reshape(n, 3),
-        s=np.array(rows["s"], np.float64),
-        extents=np.array(rows["extents"], np.float64).reshape(n, 3),
-        handle=np.array(rows["handle"], bool),
-        bbox=np.array(rows["bbox"], np.int64).reshape(n, 4),
-        instance_id=np.array(rows["instance_id"], np.int64),
-        frame=np.array(frames),
-    )
+    _write_index(tmp, rows, frames)
     manifest = {
         "cache_version": CACHE_VERSION,
         "key": key,
         "root": str(root),
-        "instances": n,
+        "instances": len(frames),
         "frames": len(by_frame),
         "skipped_too_few_points": skipped + int(reader.skipped["too_few_points"]),
         "points": points_config.to_dict(),
@@ -232,7 +224,7 @@ def build_cache(
     log.info(
         "cache %s: %d instances from %d frames (%d skipped: too few points)",
         folder,
-        n,
+        len(frames),
         len(by_frame),
         manifest["skipped_too_few_points"],
     )

@@ -2,10 +2,9 @@
 
 What it holds:
 
-- an open_clip model, loaded from an architecture name plus ``pretrained`` = a hub tag
-  (downloaded where a hub is reachable, e.g. ``ViT-B-16`` + ``openai``, the paper's setting),
-  a local checkpoint path (e.g. the ``clipose-pretrain-clip`` teacher), or ``None`` (random
-  weights: only for tests); all its weights frozen, always in eval mode;
+- an open_clip model (loaded and checked by :mod:`clipose_ros.model.clip_model`: a hub tag, a
+  local checkpoint such as the ``clipose-pretrain-clip`` teacher, or random weights for tests);
+  all its weights frozen, always in eval mode;
 - visual prompt tuning (our own implementation of the idea): ``num_prompts`` learnable tokens
   inserted after the class token of the ViT image tower, either once at the input
   (``prompt_mode="shallow"``) or replaced before every transformer block (``"deep"``); the
@@ -54,13 +53,10 @@ CLIP-normalised float (B, 3, S, S)) from the batch.
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,191 +64,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipose_ros.data.dataset import CLIP_MEAN, CLIP_STD
+from clipose_ros.model.clip_model import ClipModelError, LoadedClip, load_clip
+
+# Re-exported for test/test_train.py, which imports it from here; to go once that import reads
+# ``from clipose_ros.model.clip_model import register_model_configs`` (issue 17's files).
+from clipose_ros.model.clip_model import register_model_configs as register_model_configs
 from clipose_ros.model.config import dataclass_from_dict
 from clipose_ros.model.prompts import pose_prompts
 
-log = logging.getLogger("clipose.clip")
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# source tree, else the installed package's share folder (setup.py installs config/*.json)
-CONFIG_DIR = next(
-    (
-        p
-        for p in (PROJECT_ROOT / "config", Path(sys.prefix) / "share" / "clipose_ros" / "config")
-        if p.is_dir()
-    ),
-    PROJECT_ROOT / "config",
-)
-TEACHER_FORMAT = "clipose-clip-teacher"
-HOW_TO_GET = (
-    "train the small teacher with `clipose-pretrain-clip --data TRAIN --test-data TEST --out RUN "
-    "--save FILE.pt`, or use an open_clip architecture with a pretrained tag where a model hub "
-    "is reachable (e.g. model ViT-B-16, pretrained openai)"
-)
 PROMPT_MODES = ("none", "shallow", "deep")
 TERMS = ("point_image", "point_text", "image_text")
 TRAINER_KEYS = ("enabled", "lr")  # keys of the clip: section that clipose-train reads itself
-
-
-class ClipModelError(RuntimeError):
-    """A CLIP model that cannot be loaded (names the checkpoint file or the architecture)."""
-
-
-# ---------------------------------------------------------------------------------- loading
-
-
-def register_model_configs(paths: Iterable[str | Path] = ()) -> list[str]:
-    """Make open_clip know the project's architecture JSONs (``config/*.json`` with
-    ``embed_dim``, ``vision_cfg``, ``text_cfg``) and any extra files or folders; returns the
-    names now known. Registration is idempotent."""
-    import open_clip
-    from open_clip import factory
-
-    known = {Path(p).resolve() for p in factory._MODEL_CONFIG_PATHS}
-    for p in [CONFIG_DIR, *paths]:
-        p = Path(p)
-        if not p.exists():
-            if p != CONFIG_DIR:
-                raise ClipModelError(f"open_clip model config not found: {p}")
-            continue
-        if p.resolve() not in known:
-            open_clip.add_model_config(p.resolve())
-            known.add(p.resolve())
-    return open_clip.list_models()
-
-
-def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """State dict and clipose metadata of a checkpoint file, or a ClipModelError naming it."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(err).splitlines()[0] if str(err) else ""
-        raise ClipModelError(
-            f"cannot read CLIP checkpoint {path}: not a torch checkpoint, or truncated/corrupt "
-            f"({type(err).__name__}: {msg}); {HOW_TO_GET}"
-        ) from err
-    meta = obj.get("clipose_meta") if isinstance(obj, dict) else None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if (
-        not isinstance(state, dict)
-        or not state
-        or not all(isinstance(v, Tensor) for v in state.values())
-    ):
-        raise ClipModelError(
-            f"CLIP checkpoint {path} holds no state dict of tensors (found "
-            f"{type(obj).__name__}); {HOW_TO_GET}"
-        )
-    if next(iter(state)).startswith("module."):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state, meta if isinstance(meta, dict) else None
-
-
-def check_checkpoint(path: str | Path, model_name: str) -> dict[str, Any] | None:
-    """Fail with a ClipModelError naming ``path`` unless it plausibly holds ``model_name``
-    weights (open_clip would otherwise fail deep inside ``load_state_dict``, or not at all for a
-    file with the right keys of another size). Returns the file's clipose metadata, if any."""
-    import open_clip
-
-    path = Path(path)
-    if not path.is_file():
-        raise ClipModelError(f"CLIP checkpoint not found: {path}; {HOW_TO_GET}")
-    state, meta = _read_state(path)
-    if meta is not None and meta.get("model_name") not in (None, model_name):
-        raise ClipModelError(
-            f"CLIP checkpoint {path} is a {meta.get('model_name')!r} teacher, not "
-            f"{model_name!r}: set the model name to {meta.get('model_name')!r}"
-        )
-    root_logger = logging.getLogger()  # open_clip warns on the root logger about random init
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
-    try:  # shapes only: built on the meta device, no memory, no initialisation cost
-        with torch.device("meta"):
-            reference = open_clip.create_model(model_name, pretrained=None, device="meta")
-    finally:
-        root_logger.setLevel(level)
-    reference = reference.state_dict()
-    shared = [k for k in reference if k in state]
-    wrong = [k for k in shared if tuple(state[k].shape) != tuple(reference[k].shape)]
-    if len(shared) < 0.5 * len(reference) or wrong:
-        detail = (
-            f"{len(wrong)} tensors of another shape, e.g. {wrong[0]} "
-            f"{tuple(state[wrong[0]].shape)} != {tuple(reference[wrong[0]].shape)}"
-            if wrong
-            else f"only {len(shared)} of the {len(reference)} expected tensors"
-        )
-        raise ClipModelError(
-            f"CLIP checkpoint {path} does not hold weights of open_clip architecture "
-            f"{model_name!r} ({detail}); a foreign file or another architecture"
-        )
-    return meta
-
-
-@dataclass
-class LoadedClip:
-    """An open_clip model with what its users need next to it."""
-
-    model: nn.Module
-    tokenizer: Any
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    name: str
-    pretrained: str | None
-
-
-def load_clip(
-    model_name: str,
-    pretrained: str | None,
-    device: str | torch.device = "cpu",
-    config_paths: Sequence[str | Path] = (),
-    warn_random: bool = True,
-) -> LoadedClip:
-    """An open_clip model from ``model_name`` and ``pretrained`` (a hub tag, a local checkpoint
-    path, or None / "none" for random weights), through ``open_clip.create_model_and_transforms``.
-    A relative checkpoint path that does not exist from the working directory is looked up in
-    the source tree (``models/...``). Errors name the missing or unusable file, or the unknown
-    architecture."""
-    import open_clip
-
-    names = register_model_configs(config_paths)
-    if model_name not in names and model_name.replace("/", "-") not in names:
-        raise ClipModelError(
-            f"unknown open_clip architecture {model_name!r}; add its JSON config to "
-            f"{CONFIG_DIR} (or pass it in config_paths); known: {', '.join(names[:8])}, ..."
-        )
-    if pretrained in (None, "", "none", "None"):
-        pretrained = None
-        if warn_random:
-            log.warning(
-                "CLIP %s with random weights (pretrained=none): a teacher that knows nothing",
-                model_name,
-            )
-    elif pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
-        path = Path(pretrained)
-        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-            pretrained = str(PROJECT_ROOT / path)
-        check_checkpoint(pretrained, model_name)
-    try:
-        model, _, _ = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device
-        )
-    except Exception as err:  # noqa: BLE001 - downloads and state-dict loading raise many types
-        raise ClipModelError(
-            f"cannot load open_clip {model_name!r} with pretrained={pretrained!r} "
-            f"({type(err).__name__}: {str(err)[:300]}); {HOW_TO_GET}"
-        ) from err
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = getattr(model.visual, "image_size", cfg.get("size", 224))
-    size = int(size[0] if isinstance(size, tuple | list) else size)
-    return LoadedClip(
-        model=model,
-        tokenizer=open_clip.get_tokenizer(model_name),
-        image_size=size,
-        mean=tuple(float(v) for v in cfg.get("mean", CLIP_MEAN)),
-        std=tuple(float(v) for v in cfg.get("std", CLIP_STD)),
-        name=model_name,
-        pretrained=pretrained,
-    )
 
 
 # ---------------------------------------------------------------------------------- losses

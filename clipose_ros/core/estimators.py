@@ -1,4 +1,5 @@
-"""Pose estimators behind one interface: ``estimate(frame, instances) -> [ObjectPose]``.
+"""Pose estimators behind one interface (:class:`clipose_ros.core.stages.PoseEstimator`):
+``estimate(frame, instances) -> [ObjectPose]``.
 
 ``NocsMapEstimator`` is the non-learned reference every NOCS user knows: it fits a similarity
 transform between an instance's NOCS coordinates and its back-projected depth (Umeyama inside
@@ -8,28 +9,19 @@ consistency check; fed predicted NOCS maps it is the original NOCS method's pose
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 
 from clipose_ros.categories import CLASS_IDS
+from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
-from clipose_ros.structures import Frame, Instance, ObjectPose
+from clipose_ros.points import PointsConfig, prepare_points
 
 log = logging.getLogger("clipose.estimators")
-
-
-class PoseEstimator(Protocol):
-    """Anything that turns segmented instances of a frame into 9D poses.
-
-    ``needs_nocs_map`` tells frame loaders to fill ``Frame.nocs_map`` (extra I/O otherwise).
-    """
-
-    needs_nocs_map: bool
-
-    def estimate(self, frame: Frame, instances: list[Instance]) -> list[ObjectPose]: ...
 
 
 class NocsMapEstimator:
@@ -61,6 +53,7 @@ class NocsMapEstimator:
         self.rng = np.random.default_rng(seed)
         self.mug_meta = dict(mug_meta or {})
         self._warned_mug = False
+        self.last_timings: dict[str, float] = {}  # one fit per instance: no points/pose split
 
     def _label_coords(self, inst: Instance, coords: np.ndarray) -> np.ndarray:
         """Coordinate-map points in the frame the labels use (changes mugs only)."""
@@ -121,6 +114,7 @@ class CliposeEstimator:
 
     ``last_timings`` holds ``points_ms`` and ``pose_ms`` of the last call. Instances with too
     few points give no pose (logged). Bad files raise ``ModelFileError`` (from the loader).
+    ``min_points`` is the model file's until set (a pipeline sets its own, the node parameter).
     """
 
     needs_nocs_map = False
@@ -147,8 +141,6 @@ class CliposeEstimator:
         return self
 
     def _setup(self, module, meta: dict, device: str, seed: int) -> None:
-        from clipose_ros.points import PointsConfig
-
         self.module = module
         self.meta = meta
         self.device = device
@@ -156,16 +148,23 @@ class CliposeEstimator:
         self.points_config = PointsConfig.from_dict(meta["points"])
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
 
+    @property
+    def min_points(self) -> int:
+        """Fewest mask pixels with valid depth (and points after outlier rejection) for a pose."""
+        return self.points_config.min_points
+
+    @min_points.setter
+    def min_points(self, value: int) -> None:
+        self.points_config = dataclasses.replace(self.points_config, min_points=int(value))
+
     def prepare(
         self, frame: Frame, instances: list[Instance], rngs: list | None = None
     ) -> tuple[np.ndarray, list[int]]:
         """Points (M, N, 3) float32 of the usable instances and their indices in ``instances``."""
-        from clipose_ros.points import prepare_points_with_reason
-
         batch, kept = [], []
         for i, inst in enumerate(instances):
             rng = rngs[i] if rngs is not None else np.random.default_rng(self.seed)
-            pts, _, reason = prepare_points_with_reason(
+            pts, _, reason = prepare_points(
                 frame.depth, inst.mask, frame.K, self.points_config, rng
             )
             if pts is None:
@@ -177,8 +176,6 @@ class CliposeEstimator:
         return np.asarray(batch, dtype=np.float32).reshape(-1, n, 3), kept
 
     def estimate(self, frame: Frame, instances: list[Instance]) -> list[ObjectPose]:
-        import time
-
         import torch
 
         start = time.perf_counter()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -31,6 +30,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from clipose_ros.categories import CATEGORIES
+from clipose_ros.core.segmentation import letterbox
+from clipose_ros.core.yolo_backends import coco_names, tflite_metadata_names
+from clipose_ros.logs import log_to_terminal_and_file
 
 log = logging.getLogger("clipose.yolo_tflite")
 
@@ -252,31 +256,6 @@ def torch_conv_graph(model, imgsz: int = 128) -> dict[str, ConvNode]:
     return graph
 
 
-def coco_names() -> dict[int, str]:
-    """The 80 COCO class names in ultralytics' order, from its own dataset file."""
-    import ultralytics
-    import yaml
-
-    cfg = Path(ultralytics.__file__).parent / "cfg" / "datasets" / "coco.yaml"
-    return {int(k): str(v) for k, v in yaml.safe_load(cfg.read_text())["names"].items()}
-
-
-def tflite_metadata_names(path: Path) -> dict[int, str] | None:
-    """Class names stored by an ultralytics export (a metadata zip appended to the file)."""
-    import ast
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            text = z.read(z.namelist()[0]).decode()
-    except (zipfile.BadZipFile, IndexError, KeyError, OSError):
-        return None
-    try:
-        meta = ast.literal_eval(text)
-        return {int(k): str(v) for k, v in meta["names"].items()}
-    except (ValueError, SyntaxError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _drop(graph: dict[str, ConvNode], name: str) -> None:
     del graph[name]
     for node in graph.values():
@@ -294,8 +273,6 @@ def _conv_and_norm(model, conv_name: str):
 def calibration_batches(images: Sequence[Path], imgsz: int, batch: int = 8) -> Iterable:
     """Letterboxed RGB batches (N, 3, imgsz, imgsz) in [0, 1] for batch-norm statistics."""
     import torch
-
-    from clipose_ros.segmentation import letterbox
 
     for start in range(0, len(images), batch):
         arrays = []
@@ -427,8 +404,6 @@ def to_nocs_classes(model):
 
     import torch
 
-    from clipose_ros.categories import CATEGORIES
-
     coco_index = {name: i for i, name in model.names.items()}
     missing = [c for c in NOCS_FROM_COCO.values() if c and c not in coco_index]
     if missing:
@@ -489,8 +464,6 @@ def save_checkpoint(model, out: Path, source: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """``clipose-import-yolo-tflite IN.tflite OUT.pt``."""
-    from clipose_ros.logs import log_to_terminal_and_file
-
     parser = argparse.ArgumentParser(
         description="Turn an int8 TFLite YOLOv8-seg export into a float ultralytics .pt. "
         + LICENCE_NOTE)

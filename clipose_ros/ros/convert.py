@@ -40,8 +40,9 @@ from vision_msgs.msg import (
 from visualization_msgs.msg import Marker, MarkerArray
 
 from clipose_ros.categories import CATEGORIES, CLASS_IDS
-from clipose_ros.pipeline import OVERLAY_COLORS, object_box
-from clipose_ros.structures import Frame, ObjectPose
+from clipose_ros.core.boxes import object_box
+from clipose_ros.core.structures import Frame, ObjectPose
+from clipose_ros.core.visualize import OVERLAY_COLORS
 
 RGB_ENCODINGS = ("rgb8", "bgr8")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
@@ -413,7 +414,7 @@ def detection_array(
     """One Detection3D per object: category name and score, the object frame's pose in the
     hypothesis, the posed box (centre, full size in metres) in ``bbox``, the id in ``id``.
 
-    Ids default to the poses' keys, boxes to :func:`clipose_ros.pipeline.object_box`.
+    Ids default to the poses' keys, boxes to :func:`clipose_ros.core.boxes.object_box`.
     """
     detections = []
     for i, p in enumerate(poses):
@@ -436,7 +437,7 @@ def detection_array(
 def poses_from_detections(msg: Detection3DArray) -> list[ObjectPose]:
     """ObjectPoses back from a Detection3DArray (best hypothesis each; ``key`` = ``id``).
 
-    ``size`` is the bbox size; for mugs that is the tight box (see ``pipeline.object_box``).
+    ``size`` is the bbox size; for mugs that is the tight box (see ``core.boxes.object_box``).
     """
     poses = []
     for det in msg.detections:

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipose_ros.structures import Frame, ObjectPose
+from clipose_ros.core.structures import Frame, ObjectPose
 
 if TYPE_CHECKING:
-    from clipose_ros.pipeline import PosePipeline
+    from clipose_ros.core.pipeline import PosePipeline
 
 log = logging.getLogger("clipose.infer")
 
@@ -178,7 +178,7 @@ def read_depth_file(path: Path) -> tuple[np.ndarray, float]:
         except Exception as err:  # noqa: BLE001 - any read failure: name the file
             raise SkipItem(f"{path}: cannot read the NPY depth ({err})") from err
     elif suffix == ".exr":
-        from clipose_ros.exr import ExrError, read_exr_depth
+        from clipose_ros.data.exr import ExrError, read_exr_depth
 
         try:
             raw = read_exr_depth(path)
@@ -435,7 +435,7 @@ def _ros_convert():
     environment (``scripts/setup_env.sh`` installs them from wheels), not rclpy or a ROS
     install."""
     try:
-        from clipose_ros import ros_convert
+        from clipose_ros.ros import convert as ros_convert
     except ImportError as err:
         raise SourceError(f"reading bags uses the node's message checks (ros_convert), which "
                           f"need the ROS message packages: {err}; run scripts/setup_env.sh "
@@ -503,35 +503,19 @@ def pair_by_stamp(rgb: list[int], depth: list[int], slop_ns: int) -> list[tuple[
     return pairs
 
 
-def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
-              K: Intrinsics | None, scale: float | None, slop_s: float,
-              report: Report) -> tuple[list[int], Callable[[], Iterator[Item]]]:
-    """Read the bag's stamps, pair colour and depth, and return (the pairs' colour stamps,
-    a generator of Items reading the bag a second time).
-
-    Two passes keep memory small: the first decodes headers only, the second holds a pair's
-    two messages until both are read.
-    """
-    from clipose_ros.bag_io import BagError, read_bag
+def _index_bag(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+               K: Intrinsics | None, report: Report, store) -> tuple[dict, dict, dict]:
+    """The first pass over a bag, headers only: (image topic -> [(header stamp, ordinal)],
+    topic -> message type, camera_info topic -> [(header stamp, message)]). Only the wanted
+    topics are decoded where the bag's index lists them; a corrupt message is named and
+    skipped."""
+    from clipose_ros.data.bag_io import BagError, read_bag
 
     rc = _ros_convert()
-
-    path = Path(path)
-    store = _typestore()
-    stamps: dict[str, list[tuple[int, int]]] = {}  # topic -> [(header stamp, ordinal)]
+    stamps: dict[str, list[tuple[int, int]]] = {}
     types: dict[str, str] = {}
-    infos: dict[str, list[tuple[int, Any]]] = {}  # topic -> [(header stamp, message)]
+    infos: dict[str, list[tuple[int, Any]]] = {}
     rgb_wanted, depth_wanted, info_wanted = topics
-
-    def decode(rec, ordinal: int):
-        try:
-            return store.deserialize_cdr(rec.raw, rec.msgtype)
-        except Exception as err:  # noqa: BLE001 - a corrupt message: name it, skip it
-            report.problem(f"{path} {rec.topic}", f"message #{ordinal} (log time "
-                           f"{rec.log_ns}) cannot be decoded as {rec.msgtype}: "
-                           f"{type(err).__name__}: {err}")
-            return None
-
     listed = _listed_topics(path)
     chosen: set[str] | None = None  # decode only these (None: the bag's index is unreadable)
     if listed:  # a missing topic is said before the bag is read
@@ -545,8 +529,12 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
             if rec.msgtype not in (IMAGE_TYPE, INFO_TYPE) or (
                     chosen is not None and rec.topic not in chosen):
                 continue
-            msg = decode(rec, ordinal)
-            if msg is None:
+            try:
+                msg = store.deserialize_cdr(rec.raw, rec.msgtype)
+            except Exception as err:  # noqa: BLE001 - a corrupt message: name it, skip it
+                report.problem(f"{path} {rec.topic}", f"message #{ordinal} (log time "
+                               f"{rec.log_ns}) cannot be decoded as {rec.msgtype}: "
+                               f"{type(err).__name__}: {err}")
                 continue
             stamp = rc.stamp_to_ns(msg.header.stamp)
             if rec.msgtype == INFO_TYPE:
@@ -555,6 +543,24 @@ def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[
                 stamps.setdefault(rec.topic, []).append((stamp, ordinal))
     except BagError as err:
         raise SourceError(str(err)) from err
+    return stamps, types, infos
+
+
+def bag_items(path: Path, topics: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+              K: Intrinsics | None, scale: float | None, slop_s: float,
+              report: Report) -> tuple[list[int], Callable[[], Iterator[Item]]]:
+    """Read the bag's stamps, pair colour and depth, and return (the pairs' colour stamps,
+    a generator of Items reading the bag a second time).
+
+    Two passes keep memory small: the first decodes headers only (:func:`_index_bag`), the
+    second holds a pair's two messages until both are read.
+    """
+    from clipose_ros.data.bag_io import read_bag
+
+    path = Path(path)
+    store = _typestore()
+    stamps, types, infos = _index_bag(path, topics, K, report, store)
+    rgb_wanted, depth_wanted, info_wanted = topics
     rgb_topic = _pick_topic(rgb_wanted, types, IMAGE_TYPE, "rgb", path)
     depth_topic = _pick_topic(depth_wanted, types, IMAGE_TYPE, "depth", path)
     info_topic = None
@@ -688,6 +694,28 @@ def pose_record(p: ObjectPose) -> dict:
     }
 
 
+def frame_record(item: Item, index: int, frame: Frame, result) -> dict:
+    """One line of poses.jsonl: where the frame came from, its size and K, the poses, the
+    instances skipped and why, the stage timings."""
+    return {
+        "frame": item.name, "source": item.source, "depth": item.depth_source,
+        "stamp_ns": item.stamp_ns,
+        "index": index, "width": int(frame.rgb.shape[1]),
+        "height": int(frame.rgb.shape[0]), "K": np.asarray(frame.K).tolist(),
+        "objects": [pose_record(p) for p in result.poses],
+        "skipped_instances": result.skipped,
+        "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    return {"median": float(np.median(a)), "mean": float(a.mean()),
+            "p95": float(np.percentile(a, 95))}
+
+
 def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Path,
                   overlay_every: int = 10, report: Report | None = None,
                   total: int | None = None, progress: bool = True,
@@ -696,7 +724,8 @@ def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Pat
     summary.json under ``out``; returns the summary. A bad item is reported and skipped."""
     from tqdm import tqdm
 
-    from clipose_ros.pipeline import STAGES, draw_overlay
+    from clipose_ros.core.pipeline import STAGES
+    from clipose_ros.core.visualize import draw_overlay
 
     report = report or Report()
     out = Path(out)
@@ -731,16 +760,7 @@ def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Pat
             for k in STAGES:
                 timings[k].append(result.timings.get(k, float("nan")))
             per_class.update(p.class_name for p in result.poses)
-            record = {
-                "frame": item.name, "source": item.source, "depth": item.depth_source,
-                "stamp_ns": item.stamp_ns,
-                "index": index, "width": int(frame.rgb.shape[1]),
-                "height": int(frame.rgb.shape[0]), "K": np.asarray(frame.K).tolist(),
-                "objects": [pose_record(p) for p in result.poses],
-                "skipped_instances": result.skipped,
-                "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
-            }
-            jsonl.write(json.dumps(record) + "\n")
+            jsonl.write(json.dumps(frame_record(item, index, frame, result)) + "\n")
             if overlay_every > 0 and frames % overlay_every == 0:
                 import cv2
 
@@ -750,14 +770,6 @@ def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Pat
             frames += 1
     bar.close()
     wall = time.perf_counter() - start
-
-    def stats(values: list[float]) -> dict:
-        if not values:
-            return {}
-        a = np.asarray(values)
-        return {"median": float(np.median(a)), "mean": float(a.mean()),
-                "p95": float(np.percentile(a, 95))}
-
     summary = {
         "frames_processed": frames,
         "frames_skipped": skipped,
@@ -765,7 +777,7 @@ def run_inference(items: Iterable[Item], pipeline: PosePipeline | None, out: Pat
         "objects_per_class": dict(sorted(per_class.items())),
         "wall_s": round(wall, 3),
         "frames_per_s": round(frames / wall, 3) if wall > 0 else None,
-        "timings_ms": {k: stats(v) for k, v in timings.items()} | {"load_ms": stats(load_ms)},
+        "timings_ms": {k: _stats(v) for k, v in timings.items()} | {"load_ms": _stats(load_ms)},
         "warnings": dict(report.warning_counts),
         "problems": report.problems,
     }
@@ -791,7 +803,7 @@ def _intrinsics_from_args(args: argparse.Namespace) -> Intrinsics | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from clipose_ros.node import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
+    from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL, DEFAULT_SEGMENTER_WEIGHTS
 
     parser = argparse.ArgumentParser(
         prog="clipose-infer", description=__doc__.split("\n\n")[0].replace("``", ""),
@@ -890,14 +902,15 @@ def build_items(args: argparse.Namespace, K: Intrinsics | None,
 
 
 def main(argv: list[str] | None = None) -> None:
+    from clipose_ros.core.pipeline import build_pipeline
     from clipose_ros.logs import log_to_terminal_and_file
-    from clipose_ros.node import (
-        POSE_NODE_PARAMS,
+    from clipose_ros.ros.parameters import (
         ParameterError,
+        PoseNodeConfig,
         resolve_device,
         resolve_model_path,
+        tracker_config,
     )
-    from clipose_ros.pipeline import TrackerConfig, build_pipeline
 
     args = parse_args(argv)
     log_path = log_to_terminal_and_file(args.out, "infer.log")
@@ -912,7 +925,7 @@ def main(argv: list[str] | None = None) -> None:
         first = report.problems[0]["message"] if report.problems else "no input"
         sys.exit(f"clipose-infer: nothing to process: {first} ({len(report.problems)} "
                  f"problem(s), all in {log_path})")
-    node = {p.name: p.default for p in POSE_NODE_PARAMS}
+    node = PoseNodeConfig()  # the node's defaults: the pipeline runs as in the node
     try:
         device = resolve_device(args.device)
     except ParameterError as err:  # worded for the node's parameters: reword for flags
@@ -923,14 +936,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     pose_model = resolve_model_path(args.pose_model)
     segmenter = resolve_model_path(args.segmenter)
-    score = node["score_threshold"] if args.score_threshold is None else args.score_threshold
+    score = node.score_threshold if args.score_threshold is None else args.score_threshold
     try:
         pipeline = build_pipeline(
-            pose_model, segmenter, device=device, imgsz=node["imgsz"], score_threshold=score,
-            min_mask_area=node["min_mask_area"], min_points=node["min_points"],
-            tracker=TrackerConfig(node["track_match_distance"], node["track_max_missed"],
-                                  node["smoothing"]),
-            seed=node["seed"], threads=args.threads or None,
+            pose_model, segmenter, device=device, imgsz=node.imgsz, score_threshold=score,
+            min_mask_area=node.min_mask_area, min_points=node.min_points,
+            tracker=tracker_config(node),
+            seed=node.seed, threads=args.threads or None,
         )
     except RuntimeError as err:
         sys.exit(f"clipose-infer: {err}")

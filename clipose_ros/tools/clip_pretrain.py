@@ -21,7 +21,7 @@ through its own route once the architecture JSON is registered::
     model, _, preprocess = open_clip.create_model_and_transforms(
         "clipose_clip_tiny", pretrained="models/clip_teacher_tiny.pt")
 
-(``clipose_ros.model.clip_branch.load_clip`` does the same with errors that name the file.)
+(``clipose_ros.model.clip_model.load_clip`` does the same with errors that name the file.)
 
 Evaluation on a test folder (unseen instances): zero-shot category accuracy (mean text feature
 of ``prompts.ZERO_SHOT_TEMPLATES`` per category, argmax) and image-text retrieval top-1 with the
@@ -51,14 +51,13 @@ import torch
 from tqdm import tqdm
 
 from clipose_ros.categories import CATEGORIES
-from clipose_ros.data.dataset import CLIP_FILL, NocsInstanceDataset, square_crop
+from clipose_ros.data.dataset import NocsInstanceDataset, instance_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
 from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
-from clipose_ros.model.clip_branch import (
+from clipose_ros.model.clip_branch import equal_text_mask, info_nce
+from clipose_ros.model.clip_model import (
     TEACHER_FORMAT,
     ClipModelError,
-    equal_text_mask,
-    info_nce,
     load_clip,
     register_model_configs,
 )
@@ -205,15 +204,11 @@ def extract_crops(
                     f"instance {lab['instance_id']} of {frame_path(prefix, 'label.pkl')} is not "
                     f"in {frame_path(prefix, 'mask.png')}"
                 )
-            rows, cols = np.nonzero(inst)
-            bbox = lab["bbox"]
-            if bbox[2] <= bbox[0] or bbox[3] <= bbox[1]:
-                bbox = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
             name = CATEGORIES[lab["class_id"] - 1]
             pose = coarse_pose(name, lab["R"], lab["t"], lab["handle_visible"])
-            out["crops"][k] = square_crop(color, bbox, size, crop_scale, CLIP_FILL)
+            out["crops"][k] = instance_crop(color, inst, lab["bbox"], size, crop_scale)
             out["class_ids"][k] = lab["class_id"]
-            out["colours"][k] = COLOURS.index(colour_name(color[rows, cols]))
+            out["colours"][k] = COLOURS.index(colour_name(color[inst]))
             out["elevations"][k] = ELEVATIONS.index(pose.elevation)
             if pose.part_direction is not None:
                 out["directions"][k] = DIRECTIONS.index(pose.part_direction)
@@ -371,6 +366,160 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+class _PretrainRun:
+    """One pretraining run's state: the model and its crops, optimiser and schedule, the step,
+    the history and the wall clock (a resumed run carries its elapsed time on)."""
+
+    def __init__(self, cfg: PretrainConfig, progress: bool) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        register_model_configs(cfg.model_config)
+        clip = load_clip(cfg.model, cfg.init, warn_random=False)
+        self.clip = clip
+        self.model, self.tokenizer = clip.model, clip.tokenizer
+        self.mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(clip.std).view(1, 3, 1, 1)
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "crops"
+        self.train_set = extract_crops(
+            cfg.data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics, progress
+        )
+        self.test_set = (
+            extract_crops(
+                cfg.test_data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics,
+                progress,
+            )
+            if cfg.test_data
+            else None
+        )
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise PretrainError(
+                f"{len(self.train_set)} crops in {cfg.data} < one batch ({cfg.batch_size})"
+            )
+        self.total = self.steps_per_epoch * cfg.epochs
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.t0 = time.monotonic()
+        self.budget = 60.0 * cfg.max_minutes
+        self.elapsed_before = 0.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_at)
+        self.step, self.start_epoch, self.history = 0, 0, []
+        if cfg.resume:
+            self._resume()
+        self.meta_base = {
+            "format": TEACHER_FORMAT,
+            "model_name": cfg.model,
+            "model_config": _model_config(cfg.model),
+            "image_size": clip.image_size,
+            "mean": list(clip.mean),
+            "std": list(clip.std),
+            "train_data": str(cfg.data),
+            "train_instances": len(self.train_set),
+            "pretrain_config": asdict(cfg),
+        }
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t0
+
+    def lr_at(self, step: int) -> float:
+        """Warm-up, then cosine to ``min_lr_ratio``; a wall-clock budget tighter than the
+        epochs still ends at the low learning rate."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = min(1.0, (step - cfg.warmup_steps) / max(1, self.total - cfg.warmup_steps))
+        if self.budget > 0:
+            p = max(p, min(1.0, self.elapsed() / self.budget))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    def _resume(self) -> None:
+        state = _load_resume(Path(self.cfg.resume), self.cfg)
+        self.model.load_state_dict(state["state_dict"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step, history = int(state["step"]), list(state["history"])
+        self.start_epoch = self.step // self.steps_per_epoch
+        self.elapsed_before = float(state["elapsed_s"])
+        self.history = [r for r in history if r["epoch"] <= self.start_epoch]  # no partial epoch
+        log.info("resumed %s at step %d", self.cfg.resume, self.step)
+
+    def save_resumable(self) -> None:
+        """``last.pt``: model, optimiser, schedule, step, history, elapsed time."""
+        torch.save(
+            {
+                "state_dict": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "step": self.step,
+                "history": self.history,
+                "elapsed_s": self.elapsed(),
+                "clipose_meta": {**self.meta_base, "resumable": True},
+            },
+            self.out / "last.pt.tmp",
+        )
+        (self.out / "last.pt.tmp").replace(self.out / "last.pt")
+
+    def train_step(self, idx: np.ndarray, brng: np.random.Generator) -> tuple[float, float]:
+        """One contrastive step on the crops ``idx``; returns (loss, temperature)."""
+        cfg, model = self.cfg, self.model
+        texts = self.train_set.captions(idx, brng, cfg.keep_prob)
+        images = _to_input(_shift(self.train_set.crops[idx], brng, cfg.shift_px), self.mean,
+                           self.std)
+        img = model.encode_image(images, normalize=True)
+        txt = model.encode_text(self.tokenizer(texts), normalize=True)
+        scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+        loss = info_nce(img, txt, scale, equal_text_mask(texts))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach()), 1 / float(scale.detach())
+
+    def train_epoch(self, epoch: int, clock: dict[str, float]) -> tuple[dict[str, Any], bool]:
+        """The rest of ``epoch`` (a resumed run starts mid-epoch); returns the epoch's metrics
+        row and whether the budget or ``stop_after_steps`` stopped it. ``clock`` holds the time
+        of the last checkpoint and the steps of this process."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
+        order = rng.permutation(len(self.train_set))[: spe * cfg.batch_size]
+        order = order.reshape(spe, cfg.batch_size)
+        first = self.step - epoch * spe
+        t_epoch, loss_sum, count, stopped = time.monotonic(), 0.0, 0, False
+        bar = tqdm(range(first, spe), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not self.progress, initial=first, total=spe)
+        for i in bar:
+            brng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, i, 1]))
+            loss, temperature = self.train_step(order[i], brng)
+            clock["run_steps"] += 1
+            loss_sum += loss
+            count += 1
+            bar.set_postfix(loss=f"{loss:.3f}", T=f"{temperature:.3f}")
+            if time.monotonic() - clock["last_ckpt"] > 60.0 * cfg.checkpoint_minutes:
+                self.save_resumable()
+                clock["last_ckpt"] = time.monotonic()
+            if (self.budget and self.elapsed() > self.budget) or (
+                clock["run_steps"] == cfg.stop_after_steps
+            ):
+                stopped = True
+                break
+        row = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": self.sched.get_last_lr()[0],
+            "loss": loss_sum / max(count, 1),
+            "epoch_s": round(time.monotonic() - t_epoch, 1),
+            "temperature": float(1 / self.model.logit_scale.detach().exp().clamp(max=100.0)),
+        }
+        return row, stopped
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_teacher(self.model, self.tokenizer, self.test_set, self.mean, self.std)
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train, evaluate and save the teacher; returns the final metrics row."""
     if cfg.threads > 0:
@@ -379,175 +528,44 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         raise PretrainError("batch_size must be >= 2 (contrastive loss)")
     if not 0.0 <= cfg.keep_prob <= 1.0:
         raise PretrainError("keep_prob must be in [0, 1]")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    register_model_configs(cfg.model_config)
-    clip = load_clip(cfg.model, cfg.init, warn_random=False)
-    model, tokenizer = clip.model, clip.tokenizer
-    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std).view(1, 3, 1, 1)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "crops"
-    train_set = extract_crops(
-        cfg.data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics, progress
-    )
-    test_set = (
-        extract_crops(
-            cfg.test_data, clip.image_size, cfg.crop_scale, cache_dir, cfg.intrinsics, progress
-        )
-        if cfg.test_data
-        else None
-    )
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise PretrainError(f"{len(train_set)} crops in {cfg.data} < one batch ({cfg.batch_size})")
-    total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-
-    t0 = time.monotonic()
-    budget = 60.0 * cfg.max_minutes
-    elapsed_before = 0.0
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t0
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        if budget > 0:  # a wall-clock budget tighter than the epochs still ends at the low lr
-            p = max(p, min(1.0, elapsed() / budget))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    step, start_epoch, history = 0, 0, []
-    if cfg.resume:
-        state = _load_resume(Path(cfg.resume), cfg)
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, history = int(state["step"]), list(state["history"])
-        start_epoch, elapsed_before = step // steps_per_epoch, float(state["elapsed_s"])
-        history = [r for r in history if r["epoch"] <= start_epoch]  # drop a partial epoch
-        log.info("resumed %s at step %d", cfg.resume, step)
-    meta_base = {
-        "format": TEACHER_FORMAT,
-        "model_name": cfg.model,
-        "model_config": _model_config(cfg.model),
-        "image_size": clip.image_size,
-        "mean": list(clip.mean),
-        "std": list(clip.std),
-        "train_data": str(cfg.data),
-        "train_instances": len(train_set),
-        "pretrain_config": asdict(cfg),
-    }
-
-    def resumable() -> None:
-        torch.save(
-            {
-                "state_dict": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "history": history,
-                "elapsed_s": elapsed(),
-                "clipose_meta": {**meta_base, "resumable": True},
-            },
-            out / "last.pt.tmp",
-        )
-        (out / "last.pt.tmp").replace(out / "last.pt")
-
+    run = _PretrainRun(cfg, progress)
     log.info(
         "pretraining %s: %d crops, %d steps/epoch x %d epochs (batch %d), %d threads",
-        cfg.model,
-        len(train_set),
-        steps_per_epoch,
-        cfg.epochs,
-        cfg.batch_size,
+        cfg.model, len(run.train_set), run.steps_per_epoch, cfg.epochs, cfg.batch_size,
         torch.get_num_threads(),
     )
-    model.train()
-    stopped = False
-    last_ckpt = time.monotonic()
-    run_steps = 0
+    run.model.train()
+    clock = {"last_ckpt": time.monotonic(), "run_steps": 0}
     row: dict[str, Any] = {}
     final_eval: tuple[int, dict[str, Any]] | None = None  # (step, evaluation at that step)
-    for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch]))
-        order = rng.permutation(len(train_set))[: steps_per_epoch * cfg.batch_size]
-        order = order.reshape(steps_per_epoch, cfg.batch_size)
-        first = step - epoch * steps_per_epoch
-        t_epoch, loss_sum, count = time.monotonic(), 0.0, 0
-        bar = tqdm(
-            range(first, steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            initial=first,
-            total=steps_per_epoch,
-        )
-        for i in bar:
-            idx = order[i]
-            brng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, i, 1]))
-            texts = train_set.captions(idx, brng, cfg.keep_prob)
-            images = _to_input(_shift(train_set.crops[idx], brng, cfg.shift_px), mean, std)
-            img = model.encode_image(images, normalize=True)
-            txt = model.encode_text(tokenizer(texts), normalize=True)
-            scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
-            loss = info_nce(img, txt, scale, equal_text_mask(texts))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            run_steps += 1
-            loss_sum += float(loss.detach())
-            count += 1
-            bar.set_postfix(
-                loss=f"{float(loss.detach()):.3f}", T=f"{1 / float(scale.detach()):.3f}"
-            )
-            if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
-                resumable()
-                last_ckpt = time.monotonic()
-            if (budget and elapsed() > budget) or run_steps == cfg.stop_after_steps:
-                stopped = True
-                break
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": sched.get_last_lr()[0],
-            "loss": loss_sum / max(count, 1),
-            "epoch_s": round(time.monotonic() - t_epoch, 1),
-            "temperature": float(1 / model.logit_scale.detach().exp().clamp(max=100.0)),
-        }
+    for epoch in range(run.start_epoch, cfg.epochs):
+        row, stopped = run.train_epoch(epoch, clock)
         last = stopped or epoch + 1 == cfg.epochs
-        if test_set is not None and ((epoch + 1) % max(cfg.eval_every, 1) == 0 or last):
-            ev = evaluate_teacher(model, tokenizer, test_set, mean, std)
-            final_eval = (step, ev)
+        if run.test_set is not None and ((epoch + 1) % max(cfg.eval_every, 1) == 0 or last):
+            ev = run.evaluate()
+            final_eval = (run.step, ev)
             row.update({k: v for k, v in ev.items() if not isinstance(v, dict)})
-        history.append(row)
+        run.history.append(row)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        write_metrics_csv(out / "metrics.csv", history)
-        resumable()
-        last_ckpt = time.monotonic()
+        write_metrics_csv(run.out / "metrics.csv", run.history)
+        run.save_resumable()
+        clock["last_ckpt"] = time.monotonic()
         if stopped:
-            log.warning(
-                "stopped at step %d (budget or stop_after_steps); --resume %s",
-                step,
-                out / "last.pt",
-            )
+            log.warning("stopped at step %d (budget or stop_after_steps); --resume %s",
+                        run.step, run.out / "last.pt")
             break
-    result: dict[str, Any] = {"steps": step, "train_minutes": round(elapsed() / 60, 2)}
-    if test_set is not None:
-        if final_eval is None or final_eval[0] != step:
-            final_eval = (step, evaluate_teacher(model, tokenizer, test_set, mean, std))
+    result: dict[str, Any] = {"steps": run.step, "train_minutes": round(run.elapsed() / 60, 2)}
+    if run.test_set is not None:
+        if final_eval is None or final_eval[0] != run.step:
+            final_eval = (run.step, run.evaluate())
         result["eval"] = final_eval[1]
         result["eval"]["test_data"] = str(cfg.test_data)
-        (out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
+        (run.out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
         log.info("evaluation on %s: %s", cfg.test_data, json.dumps(result["eval"]))
-    save = Path(cfg.save) if cfg.save else out / "clip_teacher.pt"
-    save_teacher(save, model, {**meta_base, "steps": step, "history": history, **result})
-    log.info("teacher saved to %s (%.1f min)", save, elapsed() / 60)
+    save = Path(cfg.save) if cfg.save else run.out / "clip_teacher.pt"
+    save_teacher(save, run.model, {**run.meta_base, "steps": run.step, "history": run.history,
+                                   **result})
+    log.info("teacher saved to %s (%.1f min)", save, run.elapsed() / 60)
     return {**(row or {}), **result, "teacher": str(save)}
 
 

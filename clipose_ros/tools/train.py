@@ -61,7 +61,7 @@ from clipose_ros.points import PointsConfig
 
 log = logging.getLogger("clipose.train")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "train.yaml"
 VAL_KEYS = ("IoU50", "IoU75", "5deg2cm", "5deg5cm", "10deg2cm", "10deg5cm")
 LOSS_KEYS = (
     "total", "rot_y", "rot_x", "conf", "translation", "size", "point_coords", "orthogonality",
@@ -244,8 +244,8 @@ def validate(
     device: torch.device,
 ) -> dict[str, float]:
     """``clipose-eval``'s ``run_evaluation`` (ground-truth masks) on the held-out folder."""
-    from clipose_ros.estimators import CliposeEstimator
-    from clipose_ros.evaluate import GroundTruthMasks, run_evaluation
+    from clipose_ros.core.estimators import CliposeEstimator
+    from clipose_ros.tools.evaluate import GroundTruthMasks, run_evaluation
 
     was_training = net.training
     net.eval()
