@@ -102,7 +102,7 @@ class SyntheticCamera(Node):
         self.get_logger().info(
             f"synthetic_camera: {len(frames)} frames ({n_objects} labelled objects) from "
             f"{'rendered scenes' if self._tmp else folder} ready in "
-            f"{time.perf_counter() - start:.1f} s; {p['rate_hz']:g} Hz, {p['hold_s']:g} s "
+            f"{time.perf_counter() - start:.1f} s; {p.rate_hz:g} Hz, {p.hold_s:g} s "
             "per frame"
         )
 
