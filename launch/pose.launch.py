@@ -29,7 +29,8 @@ ARGUMENTS = {
                           "YOLO-seg weights (.onnx: fastest on a CPU; .pt for device cuda)"),
     "device": ("cpu", "cpu, cuda, cuda:N or auto"),
     "score_threshold": ("0.5", "Minimum segmentation score"),
-    "min_points": ("50", "Fewest mask pixels with valid depth for a pose"),
+    "min_points": ("50", "Fewest mask pixels with valid depth for a pose (replaces the model "
+                          "file's value)"),
     "frame_prefix": ("clipose/", "Prefix of the object TF frames"),
     "depth_scale": ("0.0", "Metres per depth unit; 0.0: by encoding (16UC1 mm, 32FC1 m), e.g. "
                     "0.001 for a driver publishing 32FC1 millimetres (write a float)"),

@@ -21,6 +21,7 @@ import pickle
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -105,6 +106,16 @@ def letterbox(
     return out, r, (left, top)
 
 
+class Placement(NamedTuple):
+    """Where a frame sits in the network input: both sizes (h, w), the letterbox scale and
+    padding (left, top); a frame pixel x lands at ``x * scale + left``."""
+
+    frame_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    scale: float
+    pad: tuple[int, int]
+
+
 class YoloSegmenter:
     """An ultralytics YOLO-seg model as a :class:`Segmenter`.
 
@@ -181,7 +192,8 @@ class YoloSegmenter:
         t1 = time.perf_counter()
         pred, proto = self.model(x)
         t2 = time.perf_counter()
-        instances = self._decode(pred[0], proto[0], rgb.shape[:2], image.shape[:2], r, pad)
+        placement = Placement(rgb.shape[:2], image.shape[:2], r, pad)
+        instances = self._decode(pred[0], proto[0], placement)
         t3 = time.perf_counter()
         self.last_timings = {
             "segment_ms": 1000 * (t3 - t0),
@@ -191,15 +203,7 @@ class YoloSegmenter:
         }
         return instances
 
-    def _decode(
-        self,
-        pred: np.ndarray,
-        proto: np.ndarray,
-        frame_hw: tuple[int, int],
-        input_hw: tuple[int, int],
-        r: float,
-        pad: tuple[int, int],
-    ) -> list[Instance]:
+    def _decode(self, pred: np.ndarray, proto: np.ndarray, placement: Placement) -> list[Instance]:
         """Boxes, scores, NMS (:meth:`_detect`), then each survivor's mask (:meth:`_masks`)."""
         nc, nm = len(self.model.names), proto.shape[0]
         if pred.shape[0] != 4 + nc + nm:
@@ -210,7 +214,7 @@ class YoloSegmenter:
         sel, class_ids, scores = self._detect(pred[:4 + nc])
         if len(sel) == 0:
             return []
-        return self._masks(pred, proto, nc, sel, class_ids, scores, frame_hw, input_hw, r, pad)
+        return self._masks(pred, proto, nc, sel, class_ids, scores, placement)
 
     def _detect(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Anchors kept by score and NMS (best first, at most ``max_detections``), with their
@@ -236,19 +240,8 @@ class YoloSegmenter:
         sel = keep[chosen]
         return sel, self.nocs_ids[classes[chosen]], scores[sel]
 
-    def _masks(
-        self,
-        pred: np.ndarray,
-        proto: np.ndarray,
-        nc: int,
-        sel: np.ndarray,
-        class_ids: np.ndarray,
-        scores: np.ndarray,
-        frame_hw: tuple[int, int],
-        input_hw: tuple[int, int],
-        r: float,
-        pad: tuple[int, int],
-    ) -> list[Instance]:
+    def _masks(self, pred: np.ndarray, proto: np.ndarray, nc: int, sel: np.ndarray,
+               class_ids: np.ndarray, scores: np.ndarray, placement: Placement) -> list[Instance]:
         """Each selected anchor's mask, evaluated only inside its box, directly at full
         resolution (bilinear in the prototype logits, threshold at 0 = sigmoid 0.5); specks
         below ``min_mask_area`` are dropped."""
@@ -256,9 +249,10 @@ class YoloSegmenter:
         coeffs = pred[4 + nc:, sel].T  # (k, nm)
         ph, pw = proto.shape[1:]
         logits = (coeffs @ proto.reshape(nm, -1)).reshape(-1, ph, pw).astype(np.float32)
-        s = input_hw[1] / pw  # prototype stride (4 for YOLOv8/11-seg)
-        H, W = frame_hw
-        left, top = pad
+        s = placement.input_hw[1] / pw  # prototype stride (4 for YOLOv8/11-seg)
+        H, W = placement.frame_hw
+        left, top = placement.pad
+        r = placement.scale
         instances = []
         for k, j in enumerate(sel):
             # The box in frame pixels (clipped); the mask is evaluated only inside it.

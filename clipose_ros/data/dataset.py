@@ -392,6 +392,16 @@ class NocsInstanceDataset(Dataset):
             )
         return depth, mask
 
+    def instance_mask(self, mask: np.ndarray, index: int) -> np.ndarray:
+        """Instance ``index``'s pixels in its frame's instance-id image ``mask``; a
+        :class:`NocsFormatError` naming the files when the label's instance is not in it."""
+        j = int(index)
+        iid = int(self._instance_id[j])
+        inst = mask == iid
+        if not inst.any():
+            raise self._not_in_mask(Path(self._frames[self._frame_of[j]]), iid)
+        return inst
+
     @staticmethod
     def _not_in_mask(prefix: Path, instance_id: int) -> NocsFormatError:
         return NocsFormatError(

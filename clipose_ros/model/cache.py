@@ -184,12 +184,7 @@ def build_cache(
         color = read_color(prefix) if rgb_crop_size else None
         for j in members:
             lab = reader.instance_label(j)
-            inst = mask == lab["instance_id"]
-            if not inst.any():
-                raise CacheError(
-                    f"{frame_path(prefix, 'mask.png')}: instance "
-                    f"{lab['instance_id']} of the label is not in the mask"
-                )
+            inst = reader.instance_mask(mask, j)
             cut = _cut_instance(depth, inst, lab["K"], points_config)
             if cut is None:
                 skipped += 1

@@ -216,8 +216,10 @@ class PoseNode(Node):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""
+        own = {f.name for f in dataclasses.fields(PoseNodeConfig)}
         try:
-            new = dataclasses.replace(self.config, **{param.name: param.value for param in params})
+            new = dataclasses.replace(
+                self.config, **{p.name: p.value for p in params if p.name in own})
             tracker = tracker_config(new)
             check_frame_prefix(new.frame_prefix)
         except ValueError as err:

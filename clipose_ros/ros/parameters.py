@@ -67,119 +67,48 @@ class PoseNodeConfig:
     instance: it replaces the value the exported model file stores (the training-time filter).
     """
 
-    pose_model: str = param(
-        DEFAULT_POSE_MODEL,
-        "Exported CLIPose TorchScript file (absolute, or relative to the working "
-        "directory, the source tree or the package share dir)",
-        read_only=True,
-    )
-    segmenter_weights: str = param(
-        DEFAULT_SEGMENTER_WEIGHTS,
-        "YOLO-seg weights (same lookup): .onnx runs on OpenVINO / ONNX Runtime (fastest "
-        "on a CPU), .pt on PyTorch (use it with cuda)",
-        read_only=True,
-    )
-    device: str = param(
-        "cpu",
-        "Torch device: cpu, cuda, cuda:N, or auto (cuda when present)",
-        read_only=True,
-    )
-    num_threads: int = param(
-        0,
-        "CPU threads of torch and the segmenter back-end (0: their defaults)",
-        0, 256, read_only=True,
-    )
-    imgsz: int = param(
-        320,
-        "Segmenter input size in pixels (a multiple of 32)",
-        64, 1280, read_only=True,
-    )
-    score_threshold: float = param(
-        0.5,
-        "Minimum segmentation score of an object",
-        0.0, 1.0,
-    )
-    min_mask_area: int = param(
-        100,
-        "Smallest mask (pixels) the segmenter keeps",
-        1, 1_000_000, read_only=True,
-    )
-    min_points: int = param(
-        50,
-        "Fewest mask pixels with valid depth for a pose (the one run-time threshold: it "
-        "replaces the value stored in the model file)",
-        4, 1_000_000,
-    )
-    track_match_distance: float = param(
-        0.1,
-        "Largest centre jump (m) between frames for one object",
-        0.001, 5.0,
-    )
-    track_max_missed: int = param(
-        5,
-        "Frames an object may go unseen and keep its id",
-        0, 10_000,
-    )
-    smoothing: float = param(
-        0.0,
-        "Weight of the previous pose in per-object smoothing (0: off)",
-        0.0, 0.99,
-    )
-    frame_prefix: str = param(
-        "clipose/",
-        "Prefix of the object TF frames <prefix><class>_<id>",
-    )
-    publish_tf: bool = param(
-        True,
-        "Broadcast camera -> object transforms on /tf",
-    )
-    publish_markers: bool = param(
-        True,
-        "Publish the MarkerArray for RViz",
-    )
-    reliable_qos: bool = param(
-        False,
-        "Subscribe with reliable QoS instead of sensor-data (best effort)",
-        read_only=True,
-    )
-    sync_slop: float = param(
-        0.05,
-        "Largest stamp difference (s) within one RGB/depth/info set",
-        0.0, 5.0, read_only=True,
-    )
-    depth_scale: float = param(
-        0.0,
-        "Metres per depth unit; 0: by encoding (16UC1 millimetres, 32FC1 metres). Set it "
-        "for a driver that breaks the convention, e.g. 0.001 for 32FC1 millimetres",
-        0.0, 1000.0,
-    )
-    stamp_tolerance: float = param(
-        5.0,
-        "Largest difference (s) between an input stamp and the node's clock; beyond it "
-        "the set is reported and left out of the latency statistic",
-        0.1, 1000000000.0,
-    )
-    sync_queue_size: int = param(
-        10,
-        "Messages kept per input topic for synchronisation",
-        1, 1000, read_only=True,
-    )
-    diagnostics_period: float = param(
-        1.0,
-        "Seconds between /diagnostics messages",
-        0.1, 60.0, read_only=True,
-    )
-    warn_throttle: float = param(
-        5.0,
-        "Seconds between two warnings of the same kind",
-        0.0, 3600.0,
-    )
-    seed: int = param(
-        0,
-        "Seed of the point sampling (reproducible poses)",
-        0, 2**31 - 1, read_only=True,
-    )
-
+    pose_model: str = param(DEFAULT_POSE_MODEL, "Exported CLIPose TorchScript file (absolute, "
+        "or relative to the working directory, the source tree or the package share dir)",
+        read_only=True)
+    segmenter_weights: str = param(DEFAULT_SEGMENTER_WEIGHTS, "YOLO-seg weights (same lookup): "
+        ".onnx runs on OpenVINO / ONNX Runtime (fastest on a CPU), .pt on PyTorch (use it with "
+        "cuda)", read_only=True)
+    device: str = param("cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when present)",
+        read_only=True)
+    num_threads: int = param(0, "CPU threads of torch and the segmenter back-end (0: their "
+        "defaults)", 0, 256, read_only=True)
+    imgsz: int = param(320, "Segmenter input size in pixels (a multiple of 32)", 64, 1280,
+        read_only=True)
+    score_threshold: float = param(0.5, "Minimum segmentation score of an object", 0.0, 1.0)
+    min_mask_area: int = param(100, "Smallest mask (pixels) the segmenter keeps", 1, 1_000_000,
+        read_only=True)
+    min_points: int = param(50, "Fewest mask pixels with valid depth for a pose (the one "
+        "run-time threshold: it replaces the value stored in the model file)", 4, 1_000_000)
+    track_match_distance: float = param(0.1, "Largest centre jump (m) between frames for one "
+        "object", 0.001, 5.0)
+    track_max_missed: int = param(5, "Frames an object may go unseen and keep its id", 0, 10_000)
+    smoothing: float = param(0.0, "Weight of the previous pose in per-object smoothing (0: off)",
+        0.0, 0.99)
+    frame_prefix: str = param("clipose/", "Prefix of the object TF frames <prefix><class>_<id>")
+    publish_tf: bool = param(True, "Broadcast camera -> object transforms on /tf")
+    publish_markers: bool = param(True, "Publish the MarkerArray for RViz")
+    reliable_qos: bool = param(False, "Subscribe with reliable QoS instead of sensor-data (best "
+        "effort)", read_only=True)
+    sync_slop: float = param(0.05, "Largest stamp difference (s) within one RGB/depth/info set",
+        0.0, 5.0, read_only=True)
+    depth_scale: float = param(0.0, "Metres per depth unit; 0: by encoding (16UC1 millimetres, "
+        "32FC1 metres). Set it for a driver that breaks the convention, e.g. 0.001 for 32FC1 "
+        "millimetres", 0.0, 1000.0)
+    stamp_tolerance: float = param(5.0, "Largest difference (s) between an input stamp and the "
+        "node's clock; beyond it the set is reported and left out of the latency statistic", 0.1,
+        1e9)
+    sync_queue_size: int = param(10, "Messages kept per input topic for synchronisation", 1, 1000,
+        read_only=True)
+    diagnostics_period: float = param(1.0, "Seconds between /diagnostics messages", 0.1, 60.0,
+        read_only=True)
+    warn_throttle: float = param(5.0, "Seconds between two warnings of the same kind", 0.0, 3600.0)
+    seed: int = param(0, "Seed of the point sampling (reproducible poses)", 0, 2**31 - 1,
+        read_only=True)
 
 POSE_NODE_PARAMS: tuple[Param, ...] = params_of(PoseNodeConfig)
 
@@ -191,95 +120,36 @@ SENSOR_CHOICES = ("none", "active-stereo", "structured-light")
 class CameraConfig:
     """The synthetic camera's parameters, typed."""
 
-    source: str = param(
-        "",
-        "NOCS-format folder to replay; empty: render scenes with the generator",
-        read_only=True,
-    )
-    intrinsics: str = param(
-        "camera",
-        "K for folder frames with none stored (camera | real)",
-        choices=("camera", "real"), read_only=True,
-    )
-    scenes: int = param(
-        4,
-        "Scenes to render",
-        1, 1000, read_only=True,
-    )
-    frames_per_scene: int = param(
-        1,
-        "Views rendered per scene",
-        1, 100, read_only=True,
-    )
-    seed: int = param(
-        0,
-        "Seed of the rendered scenes",
-        0, 2**31 - 1, read_only=True,
-    )
-    min_objects: int = param(
-        3,
-        "Fewest objects per rendered scene",
-        1, 6, read_only=True,
-    )
-    max_objects: int = param(
-        5,
-        "Most objects per rendered scene",
-        1, 6, read_only=True,
-    )
-    depth_noise: bool = param(
-        True,
-        "Depth noise in rendered frames (with a sensor: all of its depth effects)",
-        read_only=True,
-    )
-    sensor: str = param(
-        "structured-light",
-        "Sensor model of rendered frames: a realism preset of clipose-synth (room scene, "
-        "depth holes, offsets, correlated noise, colour camera effects; the shipped "
-        "models are trained on structured-light), or none for ideal frames on a plain "
-        "table",
-        choices=SENSOR_CHOICES, read_only=True,
-    )
-    distractors: bool = param(
-        True,
-        "Non-category clutter in rendered scenes",
-        read_only=True,
-    )
-    max_frames: int = param(
-        0,
-        "Replay at most this many frames (0: all)",
-        0, 1_000_000, read_only=True,
-    )
-    rate_hz: float = param(
-        10.0,
-        "Frames published per second",
-        0.1, 200.0, read_only=True,
-    )
-    hold_s: float = param(
-        5.0,
-        "Seconds each frame is repeated before the next (static scene)",
-        0.0, 3600.0, read_only=True,
-    )
-    loop: bool = param(
-        True,
-        "Start over after the last frame (else keep the last one)",
-        read_only=True,
-    )
-    wait_for_subscriber: bool = param(
-        True,
-        "Start streaming (and the first frame's hold time) only once something subscribes"
-        " to the RGB topic, so a slow-starting node sees frame 0",
-        read_only=True,
-    )
-    depth_encoding: str = param(
-        "16UC1",
-        "Depth encoding: 16UC1 (mm) or 32FC1 (m)",
-        choices=("16UC1", "32FC1"), read_only=True,
-    )
-    frame_id: str = param(
-        "camera_color_optical_frame",
-        "Optical frame id of the images",
-        read_only=True,
-    )
+    source: str = param("", "NOCS-format folder to replay; empty: render scenes with the "
+        "generator", read_only=True)
+    intrinsics: str = param("camera", "K for folder frames with none stored (camera | real)",
+        choices=("camera", "real"), read_only=True)
+    scenes: int = param(4, "Scenes to render", 1, 1000, read_only=True)
+    frames_per_scene: int = param(1, "Views rendered per scene", 1, 100, read_only=True)
+    seed: int = param(0, "Seed of the rendered scenes", 0, 2**31 - 1, read_only=True)
+    min_objects: int = param(3, "Fewest objects per rendered scene", 1, 6, read_only=True)
+    max_objects: int = param(5, "Most objects per rendered scene", 1, 6, read_only=True)
+    depth_noise: bool = param(True, "Depth noise in rendered frames (with a sensor: all of its "
+        "depth effects)", read_only=True)
+    sensor: str = param("structured-light", "Sensor model of rendered frames: a realism preset "
+        "of clipose-synth (room scene, depth holes, offsets, correlated noise, colour camera "
+        "effects; the shipped models are trained on structured-light), or none for ideal frames "
+        "on a plain table", choices=SENSOR_CHOICES, read_only=True)
+    distractors: bool = param(True, "Non-category clutter in rendered scenes", read_only=True)
+    max_frames: int = param(0, "Replay at most this many frames (0: all)", 0, 1_000_000,
+        read_only=True)
+    rate_hz: float = param(10.0, "Frames published per second", 0.1, 200.0, read_only=True)
+    hold_s: float = param(5.0, "Seconds each frame is repeated before the next (static scene)",
+        0.0, 3600.0, read_only=True)
+    loop: bool = param(True, "Start over after the last frame (else keep the last one)",
+        read_only=True)
+    wait_for_subscriber: bool = param(True, "Start streaming (and the first frame's hold time) "
+        "only once something subscribes to the RGB topic, so a slow-starting node sees frame 0",
+        read_only=True)
+    depth_encoding: str = param("16UC1", "Depth encoding: 16UC1 (mm) or 32FC1 (m)",
+        choices=("16UC1", "32FC1"), read_only=True)
+    frame_id: str = param("camera_color_optical_frame", "Optical frame id of the images",
+        read_only=True)
 
     def __post_init__(self) -> None:
         if self.min_objects > self.max_objects:

@@ -198,12 +198,7 @@ def extract_crops(
         color, mask = read_color(prefix), read_mask(prefix)
         for j in js:
             lab = ds.instance_label(j)
-            inst = mask == lab["instance_id"]
-            if not inst.any():
-                raise NocsFormatError(
-                    f"instance {lab['instance_id']} of {frame_path(prefix, 'label.pkl')} is not "
-                    f"in {frame_path(prefix, 'mask.png')}"
-                )
+            inst = ds.instance_mask(mask, j)
             name = CATEGORIES[lab["class_id"] - 1]
             pose = coarse_pose(name, lab["R"], lab["t"], lab["handle_visible"])
             out["crops"][k] = instance_crop(color, inst, lab["bbox"], size, crop_scale)

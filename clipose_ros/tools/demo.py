@@ -23,17 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipose_ros.core.scoring import summarise
+from clipose_ros.ros import processes
 from clipose_ros.ros.entry_points import require_ros
 from clipose_ros.ros.parameters import SENSOR_CHOICES
-from clipose_ros.ros.processes import (
-    DDS_VARIABLES,
-    config_file,
-    node_commands,
-    ros_environment,
-    start_processes,
-    stop_processes,
-    tail,
-)
 
 
 @dataclass
@@ -74,7 +66,8 @@ class DemoConfig:
             node["pose_model"] = self.pose_model
         if self.segmenter_weights:
             node["segmenter_weights"] = self.segmenter_weights
-        return node_commands(config_file(), camera, node, self.pose_node or None)
+        return processes.node_commands(processes.config_file(), camera, node,
+                                       self.pose_node or None)
 
 
 def status_line(elapsed: float, frames: list[dict], diag: dict[str, str]) -> str:
@@ -154,13 +147,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    env = ros_environment()
-    os.environ.update({k: env[k] for k in DDS_VARIABLES if k in env})
+    env = processes.ros_environment()
+    os.environ.update({k: env[k] for k in processes.DDS_VARIABLES if k in env})
     commands = cfg.commands()
     print(f"demo: ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} (loopback only); logs in {out}/logs")
     for name, cmd in commands.items():
         print(f"demo: {name}: {' '.join(cmd)}")
-    procs = start_processes(commands, out / "logs", env)
+    procs = processes.start_processes(commands, out / "logs", env)
     rclpy.init()
     monitor = Monitor()
     try:
@@ -169,14 +162,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         frames, diag = monitor.snapshot()
         monitor.destroy_node()
         rclpy.try_shutdown()
-        codes = stop_processes(procs)
+        codes = processes.stop_processes(procs)
     if failed:
         log = out / "logs" / f"{failed}.log"
         raise SystemExit(f"demo: {failed} stopped (exit code {codes[failed]}); last lines of "
-                         f"{log}:\n{tail(log)}")
+                         f"{log}:\n{processes.tail(log)}")
     if not frames:
         raise SystemExit(f"demo: no detections received in {cfg.duration + 60:g} s; see "
-                         f"{out}/logs:\n{tail(out / 'logs' / 'pose_node.log')}")
+                         f"{out}/logs:\n{processes.tail(out / 'logs' / 'pose_node.log')}")
     summary = summarise(frames)
     summary.update({
         "duration_s": cfg.duration,
