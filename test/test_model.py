@@ -215,9 +215,10 @@ def test_both_head_layouts_learn_with_every_loss_term_and_script_exactly(cfg):
         assert_proper(net(pts, cls)[0])
 
 
-def test_pointwise_feature_is_the_encoders_own_without_the_one_hot():
+@pytest.mark.parametrize("layout", ["pooled", "pointwise"])
+def test_feature_is_the_encoders_own_without_the_one_hot(layout: str):
     """The CLIP branch aligns ``feature``: it must not be matchable from the class alone."""
-    net = make_net(cfg=POINTWISE).eval()
+    net = make_net(cfg=POINTWISE if layout == "pointwise" else SMALL).eval()
     pts, _ = object_batch(b=2)
     with torch.no_grad():
         a = net.features(pts, torch.tensor([1, 1]))

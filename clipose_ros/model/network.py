@@ -225,14 +225,19 @@ class HeadOutputs(nn.Module):
 
 
 class PooledHeads(HeadOutputs):
-    """The first network's heads: one trunk over max/mean-pooled features and the one-hot."""
+    """The first network's heads: one trunk over max/mean-pooled features and the one-hot.
+
+    The global feature the CLIP branch aligns is the pooled part alone: with the one-hot in
+    it, the point-text and point-image terms could be met from the class without the encoder
+    (issue 20). The trunk's weights are unchanged, so older checkpoints load as they are.
+    """
 
     def __init__(self, cfg: NetConfig, num_classes: int) -> None:
         super().__init__()
-        self.feature_dim = 2 * (cfg.c4 + cfg.c2) + num_classes
+        self.feature_dim = 2 * (cfg.c4 + cfg.c2)
         h = cfg.head_hidden
         self.trunk = nn.Sequential(
-            nn.Linear(self.feature_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU()
+            nn.Linear(self.feature_dim + num_classes, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU()
         )
         self.rot_head = nn.Linear(h, 8)  # y (3), x (3), two confidence logits
         self.ts_head = nn.Linear(h, 6)  # translation residual (3), size residual (3)
@@ -243,9 +248,9 @@ class PooledHeads(HeadOutputs):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b = f1.size(0)
         glob = torch.cat(
-            [f3.max(dim=1)[0], f3.mean(dim=1), f1.max(dim=1)[0], f1.mean(dim=1), onehot], dim=-1
+            [f3.max(dim=1)[0], f3.mean(dim=1), f1.max(dim=1)[0], f1.mean(dim=1)], dim=-1
         ).view(b, self.feature_dim)
-        hidden = self.trunk(glob)
+        hidden = self.trunk(torch.cat([glob, onehot], dim=-1))
         per_point = torch.cat([f1, hidden.unsqueeze(1).expand(-1, f1.size(1), -1)], dim=-1)
         return self.rot_head(hidden), self.ts_head(hidden), self.point_head(per_point), glob
 
