@@ -53,10 +53,11 @@ from clipose_ros.model.checkpoint import (
     save_checkpoint,
 )
 from clipose_ros.model.clip_branch import ClipBranch, ClipModelError, build_clip_branch
+from clipose_ros.model.config import ConfigError
 from clipose_ros.model.losses import pose_losses
 from clipose_ros.model.mix import MixedInstances, MixSampler, parse_sources
 from clipose_ros.model.network import PoseNet
-from clipose_ros.model.train_config import ConfigError, TrainConfig
+from clipose_ros.model.train_config import TrainConfig
 from clipose_ros.points import PointsConfig
 
 log = logging.getLogger("clipose.train")
