@@ -4,11 +4,25 @@
   others made known to open_clip;
 - :func:`check_checkpoint`: a local checkpoint refused with a message naming the file unless it
   plausibly holds weights of the architecture (open_clip would fail deep inside
-  ``load_state_dict``, or not at all for a file with the right keys of another size);
+  ``load_state_dict``, or not at all for a file with the right keys of another size). It reads
+  tensor shapes only (memory-mapped torch files, safetensors headers), so checking a real-size
+  file (ViT-B-16: 600 MB) costs neither the time nor the memory of a second copy;
 - :func:`load_clip`: an open_clip model from an architecture name plus ``pretrained`` = a hub tag
   (downloaded where a hub is reachable, e.g. ``ViT-B-16`` + ``openai``, the paper's setting), a
   local checkpoint path (e.g. the ``clipose-pretrain-clip`` teacher), or ``None`` (random
   weights: only for tests), with its tokenizer, input size and normalisation.
+
+Local files in any of the formats users have: a ``torch.save`` state dict, optionally wrapped in
+``{"state_dict": ...}`` (open_clip's training checkpoints, the small teacher) and with DDP's
+``module.`` prefix; a ``.safetensors`` file (what the Hugging Face hub serves open_clip); a
+TorchScript archive (OpenAI's own release files, e.g. the ``clip`` package's ``ViT-B-16.pt``).
+
+QuickGELU: OpenAI's CLIPs (and some others) were trained with QuickGELU, which open_clip's
+``ViT-B-16`` config does not use; with a pretrained tag open_clip only warns about the mismatch
+and runs the weights through the wrong activation. So a tag whose open_clip entry says
+``quick_gelu``, and any TorchScript archive (OpenAI's models all use it), loads with QuickGELU.
+A local open_clip file of such weights needs the ``-quickgelu`` architecture name (e.g.
+``ViT-B-16-quickgelu``): nothing in a state dict says which activation trained it.
 
 The branch itself (prompts, heads, losses) is :mod:`clipose_ros.model.clip_branch`.
 """
@@ -17,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +87,42 @@ def register_model_configs(paths: Iterable[str | Path] = ()) -> list[str]:
     return open_clip.list_models()
 
 
-def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """State dict and clipose metadata of a checkpoint file, or a ClipModelError naming it."""
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True for a TorchScript zip (OpenAI's CLIP release format): it holds ``constants.pkl``
+    and compiled ``code/``, which a ``torch.save`` zip never does."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+
+
+def _torchscript_state(path: Path) -> dict[str, Tensor]:
+    """The weights of a TorchScript archive (``torch.jit.load`` runs no pickled Python)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.14 calls torch.jit deprecated; it still loads
+        warnings.simplefilter("ignore", FutureWarning)
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+
+
+def _read_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any] | None]:
+    """Tensor shapes and clipose metadata of a checkpoint file, or a ClipModelError naming it.
+    Tensor data is not read: torch zip files are memory-mapped, safetensors give their header."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, None
+        if is_torchscript_archive(path):
+            obj: Any = _torchscript_state(path)
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         msg = str(err).splitlines()[0] if str(err) else ""
         raise ClipModelError(
@@ -94,7 +142,8 @@ def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
         )
     if next(iter(state)).startswith("module."):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state, meta if isinstance(meta, dict) else None
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    return shapes, meta if isinstance(meta, dict) else None
 
 
 def check_checkpoint(path: str | Path, model_name: str) -> dict[str, Any] | None:
@@ -106,27 +155,23 @@ def check_checkpoint(path: str | Path, model_name: str) -> dict[str, Any] | None
     path = Path(path)
     if not path.is_file():
         raise ClipModelError(f"CLIP checkpoint not found: {path}; {HOW_TO_GET}")
-    state, meta = _read_state(path)
+    state, meta = _read_shapes(path)
     if meta is not None and meta.get("model_name") not in (None, model_name):
         raise ClipModelError(
             f"CLIP checkpoint {path} is a {meta.get('model_name')!r} teacher, not "
             f"{model_name!r}: set the model name to {meta.get('model_name')!r}"
         )
-    root_logger = logging.getLogger()  # open_clip warns on the root logger about random init
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
-    try:  # shapes only: built on the meta device, no memory, no initialisation cost
-        with torch.device("meta"):
-            reference = open_clip.create_model(model_name, pretrained=None, device="meta")
-    finally:
-        root_logger.setLevel(level)
+    # shapes only: built on the meta device, no memory, no initialisation cost; open_clip warns
+    # on the root logger about random init
+    with _quiet_root_logger(), torch.device("meta"):
+        reference = open_clip.create_model(model_name, pretrained=None, device="meta")
     reference = reference.state_dict()
     shared = [k for k in reference if k in state]
-    wrong = [k for k in shared if tuple(state[k].shape) != tuple(reference[k].shape)]
+    wrong = [k for k in shared if state[k] != tuple(reference[k].shape)]
     if len(shared) < 0.5 * len(reference) or wrong:
         detail = (
             f"{len(wrong)} tensors of another shape, e.g. {wrong[0]} "
-            f"{tuple(state[wrong[0]].shape)} != {tuple(reference[wrong[0]].shape)}"
+            f"{state[wrong[0]]} != {tuple(reference[wrong[0]].shape)}"
             if wrong
             else f"only {len(shared)} of the {len(reference)} expected tensors"
         )
@@ -135,6 +180,37 @@ def check_checkpoint(path: str | Path, model_name: str) -> dict[str, Any] | None
             f"{model_name!r} ({detail}); a foreign file or another architecture"
         )
     return meta
+
+
+def _config_quick_gelu(model_name: str) -> bool:
+    import open_clip
+
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def needs_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """True when ``pretrained`` is an open_clip tag trained with QuickGELU and the architecture
+    config ``model_name`` does not use it (``ViT-B-16`` + ``openai``); open_clip itself only
+    warns and would run those weights through plain GELU."""
+    import open_clip
+
+    if not pretrained:
+        return False
+    tag = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    return bool(tag.get("quick_gelu", False)) and not _config_quick_gelu(model_name)
+
+
+@contextmanager
+def _quiet_root_logger(active: bool = True) -> Iterator[None]:
+    """Root logger at ERROR inside when ``active`` (open_clip logs its warnings there)."""
+    root = logging.getLogger()
+    level = root.level
+    if active:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 @dataclass
@@ -177,18 +253,33 @@ def load_clip(
                 "CLIP %s with random weights (pretrained=none): a teacher that knows nothing",
                 model_name,
             )
-    elif pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+    torchscript = None
+    if pretrained is not None and pretrained not in open_clip.list_pretrained_tags_by_model(
+        model_name
+    ):
         path = Path(pretrained)
         if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
             pretrained = str(PROJECT_ROOT / path)
         check_checkpoint(pretrained, model_name)
+        if is_torchscript_archive(pretrained):
+            torchscript, pretrained = Path(pretrained), None  # loaded below, not by open_clip
+    quick_gelu = torchscript is not None or needs_quick_gelu(model_name, pretrained)
+    if quick_gelu:
+        log.info("CLIP %s with QuickGELU, the activation its weights were trained with", model_name)
     try:
-        model, _, _ = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device
-        )
+        with _quiet_root_logger(torchscript is not None):  # its "random init" is overwritten
+            model, _, _ = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu
+            )
+        if torchscript is not None:
+            own = model.state_dict()  # OpenAI's input_resolution, context_length, ... are not
+            state = {k: v for k, v in _torchscript_state(torchscript).items() if k in own}
+            model.load_state_dict(state, strict=True)
+            pretrained = str(torchscript)
     except Exception as err:  # noqa: BLE001 - downloads and state-dict loading raise many types
         raise ClipModelError(
-            f"cannot load open_clip {model_name!r} with pretrained={pretrained!r} "
+            f"cannot load open_clip {model_name!r} with pretrained="
+            f"{str(torchscript or pretrained)!r} "
             f"({type(err).__name__}: {str(err)[:300]}); {HOW_TO_GET}"
         ) from err
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
