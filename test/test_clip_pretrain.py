@@ -13,11 +13,19 @@ import pytest
 import torch
 from tiny_clip import write_tiny_clip_config
 
+from clipose_ros.data.dataset import NocsInstanceDataset
 from clipose_ros.model.clip_model import ClipModelError, check_checkpoint, load_clip
-from clipose_ros.model.prompts import CATEGORIES
+from clipose_ros.model.prompts import (
+    CATEGORIES,
+    pose_prompt,
+    pose_prompts,
+    rotation_from_euler_xyz,
+)
+from clipose_ros.tools import clip_pretrain
 from clipose_ros.tools.clip_pretrain import (
     CropSet,
     PretrainConfig,
+    PretrainError,
     colour_name,
     evaluate_teacher,
     extract_crops,
@@ -47,8 +55,14 @@ def configs(tmp_path_factory) -> list[Path]:
             write_tiny_clip_config(folder, OTHER, embed_dim=32, vision_width=96)]
 
 
-def write_frame(prefix: Path, objects: list[tuple[int, tuple[int, int, int], tuple]]) -> None:
-    """Flat-coloured rectangles (class id, RGB, (y1, x1, y2, x2)) as one NOCS-format frame."""
+def write_frame(
+    prefix: Path,
+    objects: list[tuple[int, tuple[int, int, int], tuple]],
+    rotations: np.ndarray | None = None,
+    handles: np.ndarray | None = None,
+) -> None:
+    """Flat-coloured rectangles (class id, RGB, (y1, x1, y2, x2)) as one NOCS-format frame;
+    the labels say upright, handle visible, unless ``rotations`` / ``handles`` say otherwise."""
     from clipose_ros.data.nocs_format import FrameLabel, write_label, write_meta
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -73,10 +87,10 @@ def write_frame(prefix: Path, objects: list[tuple[int, tuple[int, int, int], tup
             class_ids=np.array([c for c, _, _ in objects]),
             bboxes=np.array([box for _, _, box in objects]),
             scales=np.full(n, 0.2),
-            rotations=np.stack([UPRIGHT] * n),
+            rotations=np.stack([UPRIGHT] * n) if rotations is None else rotations,
             translations=np.array([[0.1 * i - 0.1, 0.0, 0.8] for i in range(n)]),
             model_list=[f"m{i}" for i in range(n)],
-            handle_visibility=np.ones(n),
+            handle_visibility=np.ones(n) if handles is None else handles,
             nocs_extents=np.full((n, 3), 0.577),
             extra={"K": K},
         ),
@@ -155,6 +169,8 @@ def test_evaluation_arithmetic_with_an_oracle():
         directions=np.array([-1, -1, 1, -1]),
         handle=np.ones(4, bool),
         frames=np.array(["a", "a", "b", "b"]),
+        R=np.stack([UPRIGHT] * 4).astype(np.float32),
+        t=np.array([[0.0, 0.0, 0.5]] * 4, np.float32),
     )
     for i, v in enumerate([10, 40, 60, 10]):  # red channel encodes the class for the oracle
         crops.crops[i, 16, 16, 0] = v
@@ -170,9 +186,19 @@ def test_evaluation_arithmetic_with_an_oracle():
     assert ev["chance_i2t"] == 25.0
 
 
-def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
+def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path, monkeypatch):
     import open_clip
 
+    seen: list[tuple[float, list[str]]] = []  # the training steps' captions
+    real = CropSet.captions
+
+    def spy(self, idx=None, rng=None, keep_prob=1.0, pose_prompt_prob=0.0):
+        out = real(self, idx, rng, keep_prob, pose_prompt_prob)
+        if rng is not None:
+            seen.append((pose_prompt_prob, out))
+        return out
+
+    monkeypatch.setattr(CropSet, "captions", spy)
     cfg = PretrainConfig(
         data=str(data), test_data=str(data), out=str(tmp_path / "run"), model=TINY,
         model_config=[str(p) for p in configs], epochs=2, batch_size=4, warmup_steps=2,
@@ -183,6 +209,11 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
     cfg.stop_after_steps, cfg.resume = 0, str(tmp_path / "run" / "last.pt")
     result = pretrain(cfg, progress=False)
     assert result["steps"] == 6  # 12 crops / batch 4 = 3 steps x 2 epochs, 2 of them before
+    # the default share of pose prompts reached every step (24 captions, about half of them)
+    assert len(seen) == 6 and {p for p, _ in seen} == {0.5}
+    texts = [c for _, caps in seen for c in caps]
+    n_pose = sum(c.startswith("a point-cloud model of a") for c in texts)
+    assert 6 <= n_pose <= 18
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0 <= ev["zero_shot_accuracy"] <= 100 and ev["instances"] == 12
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -192,6 +223,7 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
     model, _, preprocess = open_clip.create_model_and_transforms(TINY, pretrained=str(teacher))
     saved = torch.load(teacher, weights_only=True)
     assert saved["clipose_meta"]["model_name"] == TINY
+    assert saved["clipose_meta"]["pretrain_config"]["pose_prompt_prob"] == 0.5
     assert saved["clipose_meta"]["eval"]["instances"] == 12
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved["state_dict"][k]), k
@@ -230,3 +262,91 @@ def test_missing_checkpoint_is_named(data, configs, tmp_path):
               "--model", TINY, "--no-progress"])  # fmt: skip
     with pytest.raises(SystemExit, match="data folder not found"):
         main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", TINY])
+
+
+# ------------------------------------------------------------------ pose prompts in pretraining
+
+TURNED = [rotation_from_euler_xyz([0.0, 0.0, c]) @ UPRIGHT for c in (30.0, -60.0, 120.0)]
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory) -> Path:
+    """One frame: a bottle, a mug with its handle visible and one with it hidden, each turned."""
+    root = tmp_path_factory.mktemp("posed")
+    write_frame(
+        root / "00000" / "0000",
+        [(1, RED, (10, 10, 60, 35)), (6, GREEN, (20, 50, 70, 80)), (6, BLUE, (30, 90, 60, 125))],
+        rotations=np.stack(TURNED),
+        handles=np.array([1.0, 1.0, 0.0]),
+    )
+    return root
+
+
+def test_crops_carry_the_pose_and_give_the_branch_prompts(posed, tmp_path):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    assert crops.R.dtype == np.float32 and crops.R.shape == (3, 3, 3)
+    np.testing.assert_allclose(crops.R, np.stack(TURNED), atol=1e-6)
+    np.testing.assert_allclose(crops.t[:, 0], [-0.1, 0.0, 0.1], atol=1e-6)
+    # the label's pose, the mug with the hidden handle stated as symmetric
+    expected = [
+        pose_prompt("bottle", TURNED[0], [-0.1, 0.0, 0.8]),
+        pose_prompt("mug", TURNED[1], [0.0, 0.0, 0.8], symmetric=False),
+        pose_prompt("mug", TURNED[2], [0.1, 0.0, 0.8], symmetric=True),
+    ]
+    assert crops.pose_prompts() == expected
+    assert "symmetric about its y axis" in expected[2] and "symmetric" not in expected[1]
+    # exactly the text the CLIP branch builds from a pose-training batch of the same labels
+    ds = NocsInstanceDataset(posed, train=False)
+    batch = [ds[j] for j in range(len(ds))]
+    branch = pose_prompts(
+        torch.stack([b["class_id"] for b in batch]).numpy(),
+        torch.stack([b["R"] for b in batch]).numpy(),
+        torch.stack([b["t"] for b in batch]).numpy(),
+        torch.stack([b["symmetric"] for b in batch]).numpy(),
+    )
+    assert branch == crops.pose_prompts()
+
+
+def test_captions_hold_pose_prompts_at_the_configured_rate(posed, tmp_path):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    idx = np.tile(np.arange(3), 1000)
+    own = crops.pose_prompts()
+    for prob in (0.0, 0.3, 1.0):
+        caps = crops.captions(idx, np.random.default_rng(1), keep_prob=0.5, pose_prompt_prob=prob)
+        is_pose = np.array([c.startswith("a point-cloud model of a") for c in caps])
+        assert abs(is_pose.mean() - prob) < 0.03, prob
+        assert all(c == own[j] for c, j, p in zip(caps, idx, is_pose, strict=True) if p)
+        assert all(c.split(",")[0].split()[-1] in CATEGORIES for c in caps)
+    # without pose prompts, the draws (and so the captions) are those of the old runs
+    a = crops.captions(idx[:30], np.random.default_rng(2), keep_prob=0.5)
+    b = crops.captions(idx[:30], np.random.default_rng(2), keep_prob=0.5, pose_prompt_prob=0.0)
+    assert a == b
+
+
+def test_old_crop_cache_is_rebuilt(posed, tmp_path, monkeypatch):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    (cache,) = tmp_path.glob("crops_*.npz")
+    key = cache.name
+    # a version-1 cache (no R, t) has another key, so it is never found ...
+    monkeypatch.setattr(clip_pretrain, "CROPS_VERSION", 1)
+    assert clip_pretrain._crops_key(posed, 32, 1.2) not in key
+    monkeypatch.undo()
+    # ... and a file of other fields under the current key is rebuilt, not misread
+    with np.load(cache) as z:
+        old = {k: z[k] for k in z.files if k not in ("R", "t")}
+    np.savez(cache, **old)
+    again = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.R, crops.R)
+    with np.load(cache) as z:
+        assert {"R", "t"} <= set(z.files)
+    assert [p.name for p in tmp_path.glob("crops_*.npz")] == [key]
+
+
+def test_cli_flag_sets_pose_prompt_prob(data, tmp_path, monkeypatch):
+    with pytest.raises(PretrainError, match="pose_prompt_prob"):
+        pretrain(PretrainConfig(data=str(data), out=str(tmp_path), pose_prompt_prob=1.5))
+    got: list[PretrainConfig] = []
+    monkeypatch.setattr(clip_pretrain, "pretrain", lambda cfg, progress: got.append(cfg))
+    main(["--data", str(data), "--out", str(tmp_path / "a"), "--pose-prompt-prob", "0.25"])
+    main(["--data", str(data), "--out", str(tmp_path / "b")])
+    assert [c.pose_prompt_prob for c in got] == [0.25, 0.5]
