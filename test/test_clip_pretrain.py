@@ -5,6 +5,7 @@ and captions, the evaluation arithmetic, the teacher file loaded back through op
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ from clipose_ros.tools.clip_pretrain import (
     evaluate_teacher,
     extract_crops,
     main,
+    pose_prompt_report,
     pretrain,
 )
 
@@ -216,8 +218,12 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path, monke
     assert 6 <= n_pose <= 18
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0 <= ev["zero_shot_accuracy"] <= 100 and ev["instances"] == 12
+    # two distinct pose prompts per category in this data: every category is ranked
+    assert all(v["distinct_prompts"] == 2 for v in ev["pose_prompt_per_class"].values() if v)
+    assert 0 <= ev["pose_retrieval_top1"] <= 100 and ev["pose_retrieval_chance_top1"] == 50.0
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,lr,loss") and len(rows) == 3
+    assert "pose_retrieval_top1" in rows[0] and "pose_text_spread" in rows[0]
 
     teacher = Path(result["teacher"])
     model, _, preprocess = open_clip.create_model_and_transforms(TINY, pretrained=str(teacher))
@@ -233,7 +239,8 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path, monke
     main(["--eval-only", str(teacher), "--test-data", str(data), "--out", str(tmp_path / "ev"),
           "--model", TINY, "--no-progress"])  # fmt: skip
     again = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    for k in ("zero_shot_accuracy", "retrieval_i2t_top1", "retrieval_t2i_top1"):
+    for k in ("zero_shot_accuracy", "retrieval_i2t_top1", "retrieval_t2i_top1",
+              "pose_retrieval_top1", "pose_text_spread"):
         assert again[k] == pytest.approx(ev[k])
 
     # a teacher of another architecture, a foreign and a truncated file: named errors
@@ -340,6 +347,88 @@ def test_old_crop_cache_is_rebuilt(posed, tmp_path, monkeypatch):
     with np.load(cache) as z:
         assert {"R", "t"} <= set(z.files)
     assert [p.name for p in tmp_path.glob("crops_*.npz")] == [key]
+
+
+def test_pose_prompt_report_arithmetic():
+    # distinct prompts' text features (rows); mug rows 0-2, can rows 3-4 (equal), bottle row 5
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0],  # mugs A-D
+                        [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # cans, bottle  # fmt: skip
+    rows = np.array([0, 1, 0, 2, 3, 4, 5])  # C shares A's prompt
+    ids = np.array([6, 6, 6, 6, 4, 4, 1])
+    rep = pose_prompt_report(img, txt, rows, ids)
+    mug, can = rep["pose_prompt_per_class"]["mug"], rep["pose_prompt_per_class"]["can"]
+    assert rep["pose_prompt_per_class"]["bottle"] is None  # one prompt: nothing to rank
+    # mug: own-prompt ranks 1 (A), 3 (B: rows 0 and 2 above), 3 (C), 2 (D: row 1 above)
+    assert mug["distinct_prompts"] == 3 and mug["instances"] == 4
+    assert mug["retrieval_top1"] == pytest.approx(25.0)
+    assert mug["mean_rank"] == pytest.approx(2.25) and mug["chance_mean_rank"] == 2.0
+    assert mug["text_spread"] == pytest.approx(1 - 1.4 / 3)
+    assert mug["text_cos_std"] == pytest.approx(np.std([0.0, 0.6, 0.8]))
+    # can: both prompts have the same feature: ties share rank and credit, i.e. chance
+    assert can["text_spread"] == pytest.approx(0.0) and can["text_cos_std"] == pytest.approx(0)
+    assert can["retrieval_top1"] == 50.0 and can["mean_rank"] == 1.5
+    assert rep["pose_text_spread"] == pytest.approx((1 - 1.4 / 3) / 2)
+    assert rep["pose_retrieval_top1"] == pytest.approx(100 * 2 / 6)
+    assert rep["pose_retrieval_chance_top1"] == pytest.approx(100 * (4 / 3 + 1) / 6)
+    assert rep["pose_retrieval_norm_rank"] == pytest.approx(3.5 / 6)
+    empty = pose_prompt_report(img[:1], txt[:1], np.array([0]), np.array([6]))
+    assert np.isnan(empty["pose_text_spread"]) and np.isnan(empty["pose_retrieval_top1"])
+
+
+ANGLES = (-150.0, -90.0, -20.0, 10.0, 45.0, 100.0, 170.0)
+
+
+class PoseModel(torch.nn.Module):
+    """Text feature of a pose prompt = (cos c, sin c, 0) of its third Euler angle, image feature
+    the same of the angle the crop's first pixel indexes; other texts (captions) map to (0, 0,
+    1). ``constant=True``: every text gets one feature, a text tower blind to the pose."""
+
+    def __init__(self, constant: bool = False) -> None:
+        super().__init__()
+        self.constant = constant
+
+    @staticmethod
+    def _feature(deg: float) -> list[float]:
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg)), 0.0]
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        feats = [self._feature(ANGLES[round(float(im[0, 0, 0]) * 255)]) for im in x]
+        return torch.tensor(feats, dtype=torch.float32)
+
+    def encode_text(self, texts: list[str], normalize: bool = False) -> torch.Tensor:
+        out = []
+        for text in texts:
+            found = re.search(r"Euler angles <[^,]+, [^,]+, ([^>]+)>", text)
+            out.append([0.0, 0.0, 1.0] if self.constant or not found
+                       else self._feature(float(found.group(1))))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def test_evaluation_reports_pose_knowledge_of_the_text_tower():
+    n = len(ANGLES)
+    crops = CropSet(
+        crops=np.zeros((n, 8, 8, 3), np.uint8),
+        class_ids=np.full(n, 6),
+        colours=np.zeros(n, np.int64),
+        elevations=np.ones(n, np.int64),
+        directions=np.full(n, -1),
+        handle=np.ones(n, bool),
+        frames=np.array(["f"] * n),
+        R=np.stack([rotation_from_euler_xyz([0.0, 0.0, c]) for c in ANGLES]).astype(np.float32),
+        t=np.array([[0.0, 0.0, 0.6]] * n, np.float32),
+    )
+    crops.crops[:, 0, 0, 0] = np.arange(n)
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    knows = evaluate_teacher(PoseModel(), lambda texts: texts, crops, zero, one)
+    assert knows["pose_retrieval_top1"] == 100.0 and knows["pose_retrieval_norm_rank"] == 0.0
+    assert knows["pose_text_spread"] > 0.5 and knows["pose_text_cos_std"] > 0.1
+    assert knows["pose_retrieval_chance_top1"] == pytest.approx(100 / n)
+    blind = evaluate_teacher(PoseModel(constant=True), lambda texts: texts, crops, zero, one)
+    assert blind["pose_text_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert blind["pose_retrieval_top1"] == pytest.approx(100 / n)
+    assert blind["pose_prompt_per_class"]["mug"]["mean_rank"] == pytest.approx((n + 1) / 2)
+    assert blind["pose_retrieval_norm_rank"] == pytest.approx(0.5)
 
 
 def test_cli_flag_sets_pose_prompt_prob(data, tmp_path, monkeypatch):

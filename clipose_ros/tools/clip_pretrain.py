@@ -34,7 +34,10 @@ through its own route once the architecture JSON is registered::
 Evaluation on a test folder (unseen instances): zero-shot category accuracy (mean text feature
 of ``prompts.ZERO_SHOT_TEMPLATES`` per category, argmax) and image-text retrieval top-1 with the
 full captions, image->text over the distinct captions and text->image over the images (a hit
-when the retrieved item has the same caption), with chance levels alongside.
+when the retrieved item has the same caption), with chance levels alongside. The pose-prompt
+report (:func:`pose_prompt_report`) asks whether the text tower tells poses apart: per
+category, the spread of the pose prompts' text features and within-category pose retrieval
+(is an image's own pose prompt closer to its image feature than the other instances' prompts).
 
 Outputs in ``--out``: ``pretrain.log``, ``metrics.csv`` (per epoch: loss, lr, time, evaluation),
 ``last.pt`` (resumable: model, optimiser, step), ``eval.json``, and the teacher (``--save``,
@@ -281,6 +284,89 @@ def _shift(crops: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarr
     return out
 
 
+_TIE = 1e-6  # cosine differences below this count as ties in the pose retrieval
+
+
+def pose_prompt_report(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    prompt_index: np.ndarray,
+    class_ids: np.ndarray,
+) -> dict[str, Any]:
+    """Whether the text tower's features carry the pose that the pose prompts state.
+
+    The CLIP branch aligns point features with the text features of pose prompts; if those
+    features do not change with the numbers, the prompts carry only the category. Inputs:
+    L2-normalised ``image_features`` (n, d) of n instances, ``text_features`` (m, d) of the
+    m distinct pose prompts, ``prompt_index`` (n,) the row of instance i's own prompt (equal
+    prompts share a row) and ``class_ids`` (n,). Per category with at least two distinct
+    prompts:
+
+    - ``text_spread`` = 1 - mean pairwise cosine of its prompts' text features, and
+      ``text_cos_std`` the std of those cosines (both 0 when the text ignores the numbers);
+    - pose retrieval: each image ranks its category's distinct prompts by cosine; top-1 (%)
+      and mean rank of its own prompt, beside chance (``100 / m_c`` and ``(m_c + 1) / 2``).
+      Ties share the mean rank and split the top-1 credit, so a text tower that ignores the
+      pose scores chance exactly.
+
+    Summary keys (flat, for metrics.csv): mean spread and cosine std over categories, top-1
+    and its chance over all ranked instances, and the mean normalised rank
+    ``(rank - 1) / (m_c - 1)`` (0 = always first, 0.5 = chance). NaN when no category has
+    two distinct prompts.
+    """
+    img = image_features.detach().float().cpu()
+    txt = text_features.detach().float().cpu()
+    prompt_index = np.asarray(prompt_index, dtype=np.int64)
+    class_ids = np.asarray(class_ids)
+    per_class: dict[str, dict[str, Any] | None] = {}
+    spreads, stds, top1, chance, norm_rank = [], [], [], [], []
+    for i, name in enumerate(CATEGORIES):
+        members = np.flatnonzero(class_ids == i + 1)
+        rows = np.unique(prompt_index[members])
+        if len(rows) < 2:
+            per_class[name] = None
+            continue
+        feats = txt[rows]
+        cos = (feats @ feats.t()).numpy()
+        pairs = cos[np.triu_indices(len(rows), k=1)]
+        local = np.searchsorted(rows, prompt_index[members])  # own prompt among `rows`
+        sim = (img[members] @ feats.t()).numpy()  # (members, m_c)
+        own = sim[np.arange(len(members)), local][:, None]
+        above = (sim > own + _TIE).sum(1)
+        ties = (np.abs(sim - own) <= _TIE).sum(1) - 1
+        rank = 1.0 + above + 0.5 * ties
+        credit = np.where(above == 0, 1.0 / (1.0 + ties), 0.0)
+        m = len(rows)
+        per_class[name] = {
+            "instances": int(len(members)),
+            "distinct_prompts": int(m),
+            "text_cos_mean": float(pairs.mean()),
+            "text_spread": float(1.0 - pairs.mean()),
+            "text_cos_std": float(pairs.std()),
+            "retrieval_top1": float(100.0 * credit.mean()),
+            "chance_top1": float(100.0 / m),
+            "mean_rank": float(rank.mean()),
+            "chance_mean_rank": float((m + 1) / 2),
+        }
+        spreads.append(1.0 - pairs.mean())
+        stds.append(pairs.std())
+        top1.extend(credit)
+        chance.extend([1.0 / m] * len(members))
+        norm_rank.extend((rank - 1.0) / (m - 1))
+
+    def mean(values: list[float], scale: float = 1.0) -> float:
+        return float(scale * np.mean(values)) if values else float("nan")
+
+    return {
+        "pose_text_spread": mean(spreads),
+        "pose_text_cos_std": mean(stds),
+        "pose_retrieval_top1": mean(top1, 100.0),
+        "pose_retrieval_chance_top1": mean(chance, 100.0),
+        "pose_retrieval_norm_rank": mean(norm_rank),
+        "pose_prompt_per_class": per_class,
+    }
+
+
 @torch.no_grad()
 def evaluate_teacher(
     model: torch.nn.Module,
@@ -290,7 +376,8 @@ def evaluate_teacher(
     std: torch.Tensor,
     batch: int = 256,
 ) -> dict[str, Any]:
-    """Zero-shot category accuracy and retrieval top-1 (module docstring), in percent."""
+    """Zero-shot category accuracy and caption retrieval top-1 (module docstring), in percent,
+    and the pose-prompt report (:func:`pose_prompt_report`)."""
     was_training = model.training
     model.eval()
     img = torch.cat(
@@ -329,6 +416,12 @@ def evaluate_teacher(
     i2t = float(100.0 * np.mean(sim.argmax(1).numpy() == cap_id))
     t2i = float(100.0 * np.mean(cap_id[sim.argmax(0).numpy()] == np.arange(len(unique))))
     counts = np.bincount(cap_id, minlength=len(unique))
+    poses = crops.pose_prompts()
+    distinct_poses = list(dict.fromkeys(poses))
+    pose_row = {c: i for i, c in enumerate(distinct_poses)}
+    pose_report = pose_prompt_report(
+        img, text(distinct_poses), np.array([pose_row[c] for c in poses]), crops.class_ids
+    )
     model.train(was_training)
     return {
         "zero_shot_accuracy": float(100.0 * np.mean(pred == truth)),
@@ -340,6 +433,7 @@ def evaluate_teacher(
         "chance_t2i": float(100.0 * np.mean(counts / len(caps))),
         "instances": len(crops),
         "distinct_captions": len(unique),
+        **pose_report,
     }
 
 
