@@ -5,6 +5,7 @@ and captions, the evaluation arithmetic, the teacher file loaded back through op
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -13,15 +14,24 @@ import pytest
 import torch
 from tiny_clip import write_tiny_clip_config
 
+from clipose_ros.data.dataset import NocsInstanceDataset
 from clipose_ros.model.clip_model import ClipModelError, check_checkpoint, load_clip
-from clipose_ros.model.prompts import CATEGORIES
+from clipose_ros.model.prompts import (
+    CATEGORIES,
+    pose_prompt,
+    pose_prompts,
+    rotation_from_euler_xyz,
+)
+from clipose_ros.tools import clip_pretrain
 from clipose_ros.tools.clip_pretrain import (
     CropSet,
     PretrainConfig,
+    PretrainError,
     colour_name,
     evaluate_teacher,
     extract_crops,
     main,
+    pose_prompt_report,
     pretrain,
 )
 
@@ -47,8 +57,14 @@ def configs(tmp_path_factory) -> list[Path]:
             write_tiny_clip_config(folder, OTHER, embed_dim=32, vision_width=96)]
 
 
-def write_frame(prefix: Path, objects: list[tuple[int, tuple[int, int, int], tuple]]) -> None:
-    """Flat-coloured rectangles (class id, RGB, (y1, x1, y2, x2)) as one NOCS-format frame."""
+def write_frame(
+    prefix: Path,
+    objects: list[tuple[int, tuple[int, int, int], tuple]],
+    rotations: np.ndarray | None = None,
+    handles: np.ndarray | None = None,
+) -> None:
+    """Flat-coloured rectangles (class id, RGB, (y1, x1, y2, x2)) as one NOCS-format frame;
+    the labels say upright, handle visible, unless ``rotations`` / ``handles`` say otherwise."""
     from clipose_ros.data.nocs_format import FrameLabel, write_label, write_meta
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -73,10 +89,10 @@ def write_frame(prefix: Path, objects: list[tuple[int, tuple[int, int, int], tup
             class_ids=np.array([c for c, _, _ in objects]),
             bboxes=np.array([box for _, _, box in objects]),
             scales=np.full(n, 0.2),
-            rotations=np.stack([UPRIGHT] * n),
+            rotations=np.stack([UPRIGHT] * n) if rotations is None else rotations,
             translations=np.array([[0.1 * i - 0.1, 0.0, 0.8] for i in range(n)]),
             model_list=[f"m{i}" for i in range(n)],
-            handle_visibility=np.ones(n),
+            handle_visibility=np.ones(n) if handles is None else handles,
             nocs_extents=np.full((n, 3), 0.577),
             extra={"K": K},
         ),
@@ -155,6 +171,8 @@ def test_evaluation_arithmetic_with_an_oracle():
         directions=np.array([-1, -1, 1, -1]),
         handle=np.ones(4, bool),
         frames=np.array(["a", "a", "b", "b"]),
+        R=np.stack([UPRIGHT] * 4).astype(np.float32),
+        t=np.array([[0.0, 0.0, 0.5]] * 4, np.float32),
     )
     for i, v in enumerate([10, 40, 60, 10]):  # red channel encodes the class for the oracle
         crops.crops[i, 16, 16, 0] = v
@@ -170,9 +188,19 @@ def test_evaluation_arithmetic_with_an_oracle():
     assert ev["chance_i2t"] == 25.0
 
 
-def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
+def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path, monkeypatch):
     import open_clip
 
+    seen: list[tuple[float, list[str]]] = []  # the training steps' captions
+    real = CropSet.captions
+
+    def spy(self, idx=None, rng=None, keep_prob=1.0, pose_prompt_prob=0.0):
+        out = real(self, idx, rng, keep_prob, pose_prompt_prob)
+        if rng is not None:
+            seen.append((pose_prompt_prob, out))
+        return out
+
+    monkeypatch.setattr(CropSet, "captions", spy)
     cfg = PretrainConfig(
         data=str(data), test_data=str(data), out=str(tmp_path / "run"), model=TINY,
         model_config=[str(p) for p in configs], epochs=2, batch_size=4, warmup_steps=2,
@@ -183,15 +211,25 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
     cfg.stop_after_steps, cfg.resume = 0, str(tmp_path / "run" / "last.pt")
     result = pretrain(cfg, progress=False)
     assert result["steps"] == 6  # 12 crops / batch 4 = 3 steps x 2 epochs, 2 of them before
+    # the default share of pose prompts reached every step (24 captions, about half of them)
+    assert len(seen) == 6 and {p for p, _ in seen} == {0.5}
+    texts = [c for _, caps in seen for c in caps]
+    n_pose = sum(c.startswith("a point-cloud model of a") for c in texts)
+    assert 6 <= n_pose <= 18
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0 <= ev["zero_shot_accuracy"] <= 100 and ev["instances"] == 12
+    # two distinct pose prompts per category in this data: every category is ranked
+    assert all(v["distinct_prompts"] == 2 for v in ev["pose_prompt_per_class"].values() if v)
+    assert 0 <= ev["pose_retrieval_top1"] <= 100 and ev["pose_retrieval_chance_top1"] == 50.0
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,lr,loss") and len(rows) == 3
+    assert "pose_retrieval_top1" in rows[0] and "pose_text_spread" in rows[0]
 
     teacher = Path(result["teacher"])
     model, _, preprocess = open_clip.create_model_and_transforms(TINY, pretrained=str(teacher))
     saved = torch.load(teacher, weights_only=True)
     assert saved["clipose_meta"]["model_name"] == TINY
+    assert saved["clipose_meta"]["pretrain_config"]["pose_prompt_prob"] == 0.5
     assert saved["clipose_meta"]["eval"]["instances"] == 12
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved["state_dict"][k]), k
@@ -201,7 +239,8 @@ def test_pretrain_saves_a_teacher_open_clip_loads(data, configs, tmp_path):
     main(["--eval-only", str(teacher), "--test-data", str(data), "--out", str(tmp_path / "ev"),
           "--model", TINY, "--no-progress"])  # fmt: skip
     again = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    for k in ("zero_shot_accuracy", "retrieval_i2t_top1", "retrieval_t2i_top1"):
+    for k in ("zero_shot_accuracy", "retrieval_i2t_top1", "retrieval_t2i_top1",
+              "pose_retrieval_top1", "pose_text_spread"):
         assert again[k] == pytest.approx(ev[k])
 
     # a teacher of another architecture, a foreign and a truncated file: named errors
@@ -230,3 +269,173 @@ def test_missing_checkpoint_is_named(data, configs, tmp_path):
               "--model", TINY, "--no-progress"])  # fmt: skip
     with pytest.raises(SystemExit, match="data folder not found"):
         main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", TINY])
+
+
+# ------------------------------------------------------------------ pose prompts in pretraining
+
+TURNED = [rotation_from_euler_xyz([0.0, 0.0, c]) @ UPRIGHT for c in (30.0, -60.0, 120.0)]
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory) -> Path:
+    """One frame: a bottle, a mug with its handle visible and one with it hidden, each turned."""
+    root = tmp_path_factory.mktemp("posed")
+    write_frame(
+        root / "00000" / "0000",
+        [(1, RED, (10, 10, 60, 35)), (6, GREEN, (20, 50, 70, 80)), (6, BLUE, (30, 90, 60, 125))],
+        rotations=np.stack(TURNED),
+        handles=np.array([1.0, 1.0, 0.0]),
+    )
+    return root
+
+
+def test_crops_carry_the_pose_and_give_the_branch_prompts(posed, tmp_path):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    assert crops.R.dtype == np.float32 and crops.R.shape == (3, 3, 3)
+    np.testing.assert_allclose(crops.R, np.stack(TURNED), atol=1e-6)
+    np.testing.assert_allclose(crops.t[:, 0], [-0.1, 0.0, 0.1], atol=1e-6)
+    # the label's pose, the mug with the hidden handle stated as symmetric
+    expected = [
+        pose_prompt("bottle", TURNED[0], [-0.1, 0.0, 0.8]),
+        pose_prompt("mug", TURNED[1], [0.0, 0.0, 0.8], symmetric=False),
+        pose_prompt("mug", TURNED[2], [0.1, 0.0, 0.8], symmetric=True),
+    ]
+    assert crops.pose_prompts() == expected
+    assert "symmetric about its y axis" in expected[2] and "symmetric" not in expected[1]
+    # exactly the text the CLIP branch builds from a pose-training batch of the same labels
+    ds = NocsInstanceDataset(posed, train=False)
+    batch = [ds[j] for j in range(len(ds))]
+    branch = pose_prompts(
+        torch.stack([b["class_id"] for b in batch]).numpy(),
+        torch.stack([b["R"] for b in batch]).numpy(),
+        torch.stack([b["t"] for b in batch]).numpy(),
+        torch.stack([b["symmetric"] for b in batch]).numpy(),
+    )
+    assert branch == crops.pose_prompts()
+
+
+def test_captions_hold_pose_prompts_at_the_configured_rate(posed, tmp_path):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    idx = np.tile(np.arange(3), 1000)
+    own = crops.pose_prompts()
+    for prob in (0.0, 0.3, 1.0):
+        caps = crops.captions(idx, np.random.default_rng(1), keep_prob=0.5, pose_prompt_prob=prob)
+        is_pose = np.array([c.startswith("a point-cloud model of a") for c in caps])
+        assert abs(is_pose.mean() - prob) < 0.03, prob
+        assert all(c == own[j] for c, j, p in zip(caps, idx, is_pose, strict=True) if p)
+        assert all(c.split(",")[0].split()[-1] in CATEGORIES for c in caps)
+    # without pose prompts, the draws (and so the captions) are those of the old runs
+    a = crops.captions(idx[:30], np.random.default_rng(2), keep_prob=0.5)
+    b = crops.captions(idx[:30], np.random.default_rng(2), keep_prob=0.5, pose_prompt_prob=0.0)
+    assert a == b
+
+
+def test_old_crop_cache_is_rebuilt(posed, tmp_path, monkeypatch):
+    crops = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    (cache,) = tmp_path.glob("crops_*.npz")
+    key = cache.name
+    # a version-1 cache (no R, t) has another key, so it is never found ...
+    monkeypatch.setattr(clip_pretrain, "CROPS_VERSION", 1)
+    assert clip_pretrain._crops_key(posed, 32, 1.2) not in key
+    monkeypatch.undo()
+    # ... and a file of other fields under the current key is rebuilt, not misread
+    with np.load(cache) as z:
+        old = {k: z[k] for k in z.files if k not in ("R", "t")}
+    np.savez(cache, **old)
+    again = extract_crops(posed, 32, cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.R, crops.R)
+    with np.load(cache) as z:
+        assert {"R", "t"} <= set(z.files)
+    assert [p.name for p in tmp_path.glob("crops_*.npz")] == [key]
+
+
+def test_pose_prompt_report_arithmetic():
+    # distinct prompts' text features (rows); mug rows 0-2, can rows 3-4 (equal), bottle row 5
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    img = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0],  # mugs A-D
+                        [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # cans, bottle  # fmt: skip
+    rows = np.array([0, 1, 0, 2, 3, 4, 5])  # C shares A's prompt
+    ids = np.array([6, 6, 6, 6, 4, 4, 1])
+    rep = pose_prompt_report(img, txt, rows, ids)
+    mug, can = rep["pose_prompt_per_class"]["mug"], rep["pose_prompt_per_class"]["can"]
+    assert rep["pose_prompt_per_class"]["bottle"] is None  # one prompt: nothing to rank
+    # mug: own-prompt ranks 1 (A), 3 (B: rows 0 and 2 above), 3 (C), 2 (D: row 1 above)
+    assert mug["distinct_prompts"] == 3 and mug["instances"] == 4
+    assert mug["retrieval_top1"] == pytest.approx(25.0)
+    assert mug["mean_rank"] == pytest.approx(2.25) and mug["chance_mean_rank"] == 2.0
+    assert mug["text_spread"] == pytest.approx(1 - 1.4 / 3)
+    assert mug["text_cos_std"] == pytest.approx(np.std([0.0, 0.6, 0.8]))
+    # can: both prompts have the same feature: ties share rank and credit, i.e. chance
+    assert can["text_spread"] == pytest.approx(0.0) and can["text_cos_std"] == pytest.approx(0)
+    assert can["retrieval_top1"] == 50.0 and can["mean_rank"] == 1.5
+    assert rep["pose_text_spread"] == pytest.approx((1 - 1.4 / 3) / 2)
+    assert rep["pose_retrieval_top1"] == pytest.approx(100 * 2 / 6)
+    assert rep["pose_retrieval_chance_top1"] == pytest.approx(100 * (4 / 3 + 1) / 6)
+    assert rep["pose_retrieval_norm_rank"] == pytest.approx(3.5 / 6)
+    empty = pose_prompt_report(img[:1], txt[:1], np.array([0]), np.array([6]))
+    assert np.isnan(empty["pose_text_spread"]) and np.isnan(empty["pose_retrieval_top1"])
+
+
+ANGLES = (-150.0, -90.0, -20.0, 10.0, 45.0, 100.0, 170.0)
+
+
+class PoseModel(torch.nn.Module):
+    """Text feature of a pose prompt = (cos c, sin c, 0) of its third Euler angle, image feature
+    the same of the angle the crop's first pixel indexes; other texts (captions) map to (0, 0,
+    1). ``constant=True``: every text gets one feature, a text tower blind to the pose."""
+
+    def __init__(self, constant: bool = False) -> None:
+        super().__init__()
+        self.constant = constant
+
+    @staticmethod
+    def _feature(deg: float) -> list[float]:
+        return [np.cos(np.radians(deg)), np.sin(np.radians(deg)), 0.0]
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        feats = [self._feature(ANGLES[round(float(im[0, 0, 0]) * 255)]) for im in x]
+        return torch.tensor(feats, dtype=torch.float32)
+
+    def encode_text(self, texts: list[str], normalize: bool = False) -> torch.Tensor:
+        out = []
+        for text in texts:
+            found = re.search(r"Euler angles <[^,]+, [^,]+, ([^>]+)>", text)
+            out.append([0.0, 0.0, 1.0] if self.constant or not found
+                       else self._feature(float(found.group(1))))
+        return torch.tensor(out, dtype=torch.float32)
+
+
+def test_evaluation_reports_pose_knowledge_of_the_text_tower():
+    n = len(ANGLES)
+    crops = CropSet(
+        crops=np.zeros((n, 8, 8, 3), np.uint8),
+        class_ids=np.full(n, 6),
+        colours=np.zeros(n, np.int64),
+        elevations=np.ones(n, np.int64),
+        directions=np.full(n, -1),
+        handle=np.ones(n, bool),
+        frames=np.array(["f"] * n),
+        R=np.stack([rotation_from_euler_xyz([0.0, 0.0, c]) for c in ANGLES]).astype(np.float32),
+        t=np.array([[0.0, 0.0, 0.6]] * n, np.float32),
+    )
+    crops.crops[:, 0, 0, 0] = np.arange(n)
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    knows = evaluate_teacher(PoseModel(), lambda texts: texts, crops, zero, one)
+    assert knows["pose_retrieval_top1"] == 100.0 and knows["pose_retrieval_norm_rank"] == 0.0
+    assert knows["pose_text_spread"] > 0.5 and knows["pose_text_cos_std"] > 0.1
+    assert knows["pose_retrieval_chance_top1"] == pytest.approx(100 / n)
+    blind = evaluate_teacher(PoseModel(constant=True), lambda texts: texts, crops, zero, one)
+    assert blind["pose_text_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert blind["pose_retrieval_top1"] == pytest.approx(100 / n)
+    assert blind["pose_prompt_per_class"]["mug"]["mean_rank"] == pytest.approx((n + 1) / 2)
+    assert blind["pose_retrieval_norm_rank"] == pytest.approx(0.5)
+
+
+def test_cli_flag_sets_pose_prompt_prob(data, tmp_path, monkeypatch):
+    with pytest.raises(PretrainError, match="pose_prompt_prob"):
+        pretrain(PretrainConfig(data=str(data), out=str(tmp_path), pose_prompt_prob=1.5))
+    got: list[PretrainConfig] = []
+    monkeypatch.setattr(clip_pretrain, "pretrain", lambda cfg, progress: got.append(cfg))
+    main(["--data", str(data), "--out", str(tmp_path / "a"), "--pose-prompt-prob", "0.25"])
+    main(["--data", str(data), "--out", str(tmp_path / "b")])
+    assert [c.pose_prompt_prob for c in got] == [0.25, 0.5]

@@ -10,6 +10,14 @@ In training, colour and pose are each dropped from a caption with probability
 and zero-shot classification works. Captions that are equal in a batch count as positives of
 each other (multi-positive InfoNCE).
 
+Besides these captions, a share ``pose_prompt_prob`` of each batch's captions is the
+instance's pose-aware prompt (``prompts.pose_prompts``, the very function the CLIP branch
+calls during pose training, with the label's R, t and the NOCS symmetry rule, a mug with a
+hidden handle included): the frozen text tower is later asked about these numeric prompts
+only, so it must have seen them, or their features need not change with the pose. Pose
+prompts are never shortened; they are unique per instance, so each is its image's only
+positive.
+
 Crops are cut once per folder (square box crop, 1.2 x the box, resized to the model's input
 size; colour named from the mask's pixels) and cached as ``crops_<key>.npz`` in ``--cache-dir``;
 the key hashes the label/colour/mask files (path, size, mtime) and the crop settings.
@@ -26,7 +34,10 @@ through its own route once the architecture JSON is registered::
 Evaluation on a test folder (unseen instances): zero-shot category accuracy (mean text feature
 of ``prompts.ZERO_SHOT_TEMPLATES`` per category, argmax) and image-text retrieval top-1 with the
 full captions, image->text over the distinct captions and text->image over the images (a hit
-when the retrieved item has the same caption), with chance levels alongside.
+when the retrieved item has the same caption), with chance levels alongside. The pose-prompt
+report (:func:`pose_prompt_report`) asks whether the text tower tells poses apart: per
+category, the spread of the pose prompts' text features and within-category pose retrieval
+(is an image's own pose prompt closer to its image feature than the other instances' prompts).
 
 Outputs in ``--out``: ``pretrain.log``, ``metrics.csv`` (per epoch: loss, lr, time, evaluation),
 ``last.pt`` (resumable: model, optimiser, step), ``eval.json``, and the teacher (``--save``,
@@ -50,7 +61,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipose_ros.categories import CATEGORIES
+from clipose_ros.categories import CATEGORIES, is_symmetric
 from clipose_ros.data.dataset import NocsInstanceDataset, instance_crop
 from clipose_ros.data.nocs_format import NocsFormatError, frame_path, read_color, read_mask
 from clipose_ros.logs import log_to_terminal_and_file, write_metrics_csv
@@ -69,12 +80,13 @@ from clipose_ros.model.prompts import (
     CoarsePose,
     caption,
     coarse_pose,
+    pose_prompts,
     zero_shot_prompts,
 )
 
 log = logging.getLogger("clipose.pretrain_clip")
 
-CROPS_VERSION = 1
+CROPS_VERSION = 2  # 2: R and t per crop (pose prompts)
 DEFAULT_MODEL = "clipose_clip_tiny"
 
 
@@ -112,22 +124,41 @@ class CropSet:
     directions: np.ndarray  # (n,) index into DIRECTIONS, -1 = no part direction
     handle: np.ndarray  # (n,) bool
     frames: np.ndarray  # (n,) frame prefixes
+    R: np.ndarray  # (n, 3, 3) float32 label rotation (float32 as in a pose-training batch)
+    t: np.ndarray  # (n, 3) float32 label translation, metres
 
     def __len__(self) -> int:
         return len(self.class_ids)
+
+    def pose_prompts(self, idx: np.ndarray | None = None) -> list[str]:
+        """Pose-aware prompts of ``idx`` (all by default), from the function and the symmetry
+        flag the CLIP branch uses in pose training, so the text is exactly what it will see."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        sym = [is_symmetric(int(self.class_ids[j]), bool(self.handle[j])) for j in idx]
+        return pose_prompts(self.class_ids[idx], self.R[idx], self.t[idx], sym)
 
     def captions(
         self,
         idx: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
         keep_prob: float = 1.0,
+        pose_prompt_prob: float = 0.0,
     ) -> list[str]:
-        """Captions of ``idx`` (all by default); with ``rng``, colour and pose are each kept
-        with probability ``keep_prob`` (caption dropout) and the opening is drawn from
-        ``CAPTION_PREFIXES`` (the zero-shot templates)."""
+        """Captions of ``idx`` (all by default); with ``rng``, each is the instance's pose
+        prompt with probability ``pose_prompt_prob`` (:meth:`pose_prompts`), otherwise colour
+        and pose are each kept with probability ``keep_prob`` (caption dropout) and the opening
+        is drawn from ``CAPTION_PREFIXES`` (the zero-shot templates). ``pose_prompt_prob = 0``
+        draws nothing extra, so the captions are those of a run without pose prompts."""
         idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        use_pose = np.zeros(len(idx), bool)
+        if rng is not None and pose_prompt_prob > 0:
+            use_pose = rng.random(len(idx)) < pose_prompt_prob
+        pose_texts = iter(self.pose_prompts(idx[use_pose]))
         out = []
-        for j in idx:
+        for j, is_pose in zip(idx, use_pose, strict=True):
+            if is_pose:
+                out.append(next(pose_texts))
+                continue
             name = CATEGORIES[int(self.class_ids[j]) - 1]
             keep_c = rng is None or rng.random() < keep_prob
             keep_p = rng is None or rng.random() < keep_prob
@@ -151,6 +182,8 @@ class CropSet:
 
 
 def _crops_key(root: Path, size: int, crop_scale: float) -> str:
+    """Names the crops cache: the crop format's version, the settings and every label, colour
+    and mask file (path, size, mtime), so a cache of other content is never found."""
     h = hashlib.sha256(json.dumps([CROPS_VERSION, size, crop_scale]).encode())
     for p in sorted(root.rglob("*_label.pkl")):
         prefix = p.with_name(p.name[: -len("_label.pkl")])
@@ -159,6 +192,9 @@ def _crops_key(root: Path, size: int, crop_scale: float) -> str:
             st = f.stat() if f.exists() else None
             h.update(f"{f.relative_to(root)}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
+
+
+_CROP_FIELDS = set(CropSet.__dataclass_fields__)
 
 
 def extract_crops(
@@ -177,8 +213,11 @@ def extract_crops(
     cache = Path(cache_dir) / f"crops_{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
-            log.info("crops of %s from cache %s", root, cache)
-            return CropSet(**{k: z[k] for k in z.files})
+            if set(z.files) == _CROP_FIELDS:
+                log.info("crops of %s from cache %s", root, cache)
+                return CropSet(**{k: z[k] for k in z.files})
+            log.warning("crops cache %s holds other fields (%s); rebuilding it",
+                        cache, ", ".join(sorted(z.files)))
     ds = NocsInstanceDataset(root, intrinsics=intrinsics, load_rgb=False)
     if len(ds) == 0:
         raise PretrainError(f"{root} has no labelled instances")
@@ -192,6 +231,8 @@ def extract_crops(
         "directions": np.full(n, -1, np.int64),
         "handle": np.zeros(n, bool),
         "frames": np.empty(n, dtype=object),
+        "R": np.zeros((n, 3, 3), np.float32),
+        "t": np.zeros((n, 3), np.float32),
     }
     k = 0
     for prefix, js in tqdm(by_frame.items(), desc=f"crops {root.name}", disable=not progress):
@@ -209,6 +250,8 @@ def extract_crops(
                 out["directions"][k] = DIRECTIONS.index(pose.part_direction)
             out["handle"][k] = lab["handle_visible"]
             out["frames"][k] = prefix
+            out["R"][k] = lab["R"]
+            out["t"][k] = lab["t"]
             k += 1
     out["frames"] = out["frames"].astype(str)
     crops = CropSet(**out)
@@ -241,6 +284,89 @@ def _shift(crops: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarr
     return out
 
 
+_TIE = 1e-6  # cosine differences below this count as ties in the pose retrieval
+
+
+def pose_prompt_report(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    prompt_index: np.ndarray,
+    class_ids: np.ndarray,
+) -> dict[str, Any]:
+    """Whether the text tower's features carry the pose that the pose prompts state.
+
+    The CLIP branch aligns point features with the text features of pose prompts; if those
+    features do not change with the numbers, the prompts carry only the category. Inputs:
+    L2-normalised ``image_features`` (n, d) of n instances, ``text_features`` (m, d) of the
+    m distinct pose prompts, ``prompt_index`` (n,) the row of instance i's own prompt (equal
+    prompts share a row) and ``class_ids`` (n,). Per category with at least two distinct
+    prompts:
+
+    - ``text_spread`` = 1 - mean pairwise cosine of its prompts' text features, and
+      ``text_cos_std`` the std of those cosines (both 0 when the text ignores the numbers);
+    - pose retrieval: each image ranks its category's distinct prompts by cosine; top-1 (%)
+      and mean rank of its own prompt, beside chance (``100 / m_c`` and ``(m_c + 1) / 2``).
+      Ties share the mean rank and split the top-1 credit, so a text tower that ignores the
+      pose scores chance exactly.
+
+    Summary keys (flat, for metrics.csv): mean spread and cosine std over categories, top-1
+    and its chance over all ranked instances, and the mean normalised rank
+    ``(rank - 1) / (m_c - 1)`` (0 = always first, 0.5 = chance). NaN when no category has
+    two distinct prompts.
+    """
+    img = image_features.detach().float().cpu()
+    txt = text_features.detach().float().cpu()
+    prompt_index = np.asarray(prompt_index, dtype=np.int64)
+    class_ids = np.asarray(class_ids)
+    per_class: dict[str, dict[str, Any] | None] = {}
+    spreads, stds, top1, chance, norm_rank = [], [], [], [], []
+    for i, name in enumerate(CATEGORIES):
+        members = np.flatnonzero(class_ids == i + 1)
+        rows = np.unique(prompt_index[members])
+        if len(rows) < 2:
+            per_class[name] = None
+            continue
+        feats = txt[rows]
+        cos = (feats @ feats.t()).numpy()
+        pairs = cos[np.triu_indices(len(rows), k=1)]
+        local = np.searchsorted(rows, prompt_index[members])  # own prompt among `rows`
+        sim = (img[members] @ feats.t()).numpy()  # (members, m_c)
+        own = sim[np.arange(len(members)), local][:, None]
+        above = (sim > own + _TIE).sum(1)
+        ties = (np.abs(sim - own) <= _TIE).sum(1) - 1
+        rank = 1.0 + above + 0.5 * ties
+        credit = np.where(above == 0, 1.0 / (1.0 + ties), 0.0)
+        m = len(rows)
+        per_class[name] = {
+            "instances": int(len(members)),
+            "distinct_prompts": int(m),
+            "text_cos_mean": float(pairs.mean()),
+            "text_spread": float(1.0 - pairs.mean()),
+            "text_cos_std": float(pairs.std()),
+            "retrieval_top1": float(100.0 * credit.mean()),
+            "chance_top1": float(100.0 / m),
+            "mean_rank": float(rank.mean()),
+            "chance_mean_rank": float((m + 1) / 2),
+        }
+        spreads.append(1.0 - pairs.mean())
+        stds.append(pairs.std())
+        top1.extend(credit)
+        chance.extend([1.0 / m] * len(members))
+        norm_rank.extend((rank - 1.0) / (m - 1))
+
+    def mean(values: list[float], scale: float = 1.0) -> float:
+        return float(scale * np.mean(values)) if values else float("nan")
+
+    return {
+        "pose_text_spread": mean(spreads),
+        "pose_text_cos_std": mean(stds),
+        "pose_retrieval_top1": mean(top1, 100.0),
+        "pose_retrieval_chance_top1": mean(chance, 100.0),
+        "pose_retrieval_norm_rank": mean(norm_rank),
+        "pose_prompt_per_class": per_class,
+    }
+
+
 @torch.no_grad()
 def evaluate_teacher(
     model: torch.nn.Module,
@@ -250,7 +376,8 @@ def evaluate_teacher(
     std: torch.Tensor,
     batch: int = 256,
 ) -> dict[str, Any]:
-    """Zero-shot category accuracy and retrieval top-1 (module docstring), in percent."""
+    """Zero-shot category accuracy and caption retrieval top-1 (module docstring), in percent,
+    and the pose-prompt report (:func:`pose_prompt_report`)."""
     was_training = model.training
     model.eval()
     img = torch.cat(
@@ -289,6 +416,12 @@ def evaluate_teacher(
     i2t = float(100.0 * np.mean(sim.argmax(1).numpy() == cap_id))
     t2i = float(100.0 * np.mean(cap_id[sim.argmax(0).numpy()] == np.arange(len(unique))))
     counts = np.bincount(cap_id, minlength=len(unique))
+    poses = crops.pose_prompts()
+    distinct_poses = list(dict.fromkeys(poses))
+    pose_row = {c: i for i, c in enumerate(distinct_poses)}
+    pose_report = pose_prompt_report(
+        img, text(distinct_poses), np.array([pose_row[c] for c in poses]), crops.class_ids
+    )
     model.train(was_training)
     return {
         "zero_shot_accuracy": float(100.0 * np.mean(pred == truth)),
@@ -300,6 +433,7 @@ def evaluate_teacher(
         "chance_t2i": float(100.0 * np.mean(counts / len(caps))),
         "instances": len(crops),
         "distinct_captions": len(unique),
+        **pose_report,
     }
 
 
@@ -339,6 +473,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     keep_prob: float = 0.5
+    pose_prompt_prob: float = 0.5  # share of captions that are the pose-aware prompt
     shift_px: int = 4
     grad_clip: float = 1.0
     eval_every: int = 1
@@ -459,7 +594,7 @@ class _PretrainRun:
     def train_step(self, idx: np.ndarray, brng: np.random.Generator) -> tuple[float, float]:
         """One contrastive step on the crops ``idx``; returns (loss, temperature)."""
         cfg, model = self.cfg, self.model
-        texts = self.train_set.captions(idx, brng, cfg.keep_prob)
+        texts = self.train_set.captions(idx, brng, cfg.keep_prob, cfg.pose_prompt_prob)
         images = _to_input(_shift(self.train_set.crops[idx], brng, cfg.shift_px), self.mean,
                            self.std)
         img = model.encode_image(images, normalize=True)
@@ -523,6 +658,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
         raise PretrainError("batch_size must be >= 2 (contrastive loss)")
     if not 0.0 <= cfg.keep_prob <= 1.0:
         raise PretrainError("keep_prob must be in [0, 1]")
+    if not 0.0 <= cfg.pose_prompt_prob <= 1.0:
+        raise PretrainError("pose_prompt_prob must be in [0, 1]")
     run = _PretrainRun(cfg, progress)
     log.info(
         "pretraining %s: %d crops, %d steps/epoch x %d epochs (batch %d), %d threads",
@@ -621,6 +758,7 @@ def main(argv: list[str] | None = None) -> None:
         "warmup_steps",
         "min_lr_ratio",
         "keep_prob",
+        "pose_prompt_prob",
         "shift_px",
         "grad_clip",
         "eval_every",
