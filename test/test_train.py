@@ -17,7 +17,7 @@ from tiny_clip import write_tiny_clip_config
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.model.checkpoint import CheckpointError, load_checkpoint
-from clipose_ros.model.clip_branch import register_model_configs
+from clipose_ros.model.clip_model import register_model_configs
 from clipose_ros.model.export import export_checkpoint
 from clipose_ros.model.loader import META_NAME
 from clipose_ros.model.network import NetConfig, PoseNet

@@ -338,6 +338,21 @@ class TrainingData:
 
 
 @dataclass
+class RunClock:
+    """Training seconds over resumes; the schedule reads it when it anneals to a time budget,
+    so it exists before the run that owns it."""
+
+    elapsed_before: float = 0.0
+    t_start: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+    def this_session(self) -> float:
+        return time.monotonic() - self.t_start
+
+
+@dataclass
 class TrainingRun:
     """Everything a run carries from step to step (built by :func:`setup_run`)."""
 
@@ -356,8 +371,7 @@ class TrainingRun:
     trained_params: list[torch.nn.Parameter]
     steps_per_epoch: int
     budget_s: float
-    elapsed_before: float = 0.0
-    t_start: float = field(default_factory=time.monotonic)
+    clock: RunClock
     start_epoch: int = 0
     skip_steps: int = 0
     global_step: int = 0
@@ -373,7 +387,7 @@ class TrainingRun:
 
     def elapsed(self) -> float:
         """Training seconds so far, over resumes."""
-        return self.elapsed_before + time.monotonic() - self.t_start
+        return self.clock.elapsed()
 
 
 def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -494,22 +508,23 @@ def setup_run(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
     budget_s = 60.0 * cfg.train.max_minutes
-    run = TrainingRun(
-        cfg=cfg, out=out, device=device, rank=rank, world=world, net=net, branch=branch,
-        model=model, opt=opt, sched=None,  # type: ignore[arg-type]  # set below: needs run
-        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"), data=data,
-        trained_params=trained_params, steps_per_epoch=steps_per_epoch, budget_s=budget_s,
-        elapsed_before=float(state.get("elapsed_s", 0.0)) if state is not None else 0.0,
-    )
+    clock = RunClock(float(state.get("elapsed_s", 0.0)) if state is not None else 0.0)
     anneal = budget_s > 0 and cfg.train.anneal_to_budget
-    run.sched = torch.optim.lr_scheduler.LambdaLR(
+    sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lr_lambda(
             cfg.train.epochs * steps_per_epoch,
             oc.warmup_steps,
             oc.min_lr_ratio,
-            (lambda: run.elapsed() / budget_s) if anneal else None,
+            (lambda: clock.elapsed() / budget_s) if anneal else None,
         ),
+    )
+    run = TrainingRun(
+        cfg=cfg, out=out, device=device, rank=rank, world=world, net=net, branch=branch,
+        model=model, opt=opt, sched=sched,
+        scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda"), data=data,
+        trained_params=trained_params, steps_per_epoch=steps_per_epoch, budget_s=budget_s,
+        clock=clock,
     )
     return run
 
@@ -749,7 +764,7 @@ def train(
         save_run_checkpoint(run, epochs, 0, "final.pt")
         save_run_checkpoint(run, epochs, 0)
     if run.main_rank:
-        log.info("training time %.1f min", (time.monotonic() - run.t_start) / 60)
+        log.info("training time %.1f min", run.clock.this_session() / 60)
     if run.world > 1:
         dist.destroy_process_group()
     return run.history[-1] if run.history else {}
