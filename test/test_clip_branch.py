@@ -27,13 +27,7 @@ TINY = "clipose_test_clip32"
 B, FEAT = 8, 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the tests run next to other jobs on 2 cores (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

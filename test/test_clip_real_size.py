@@ -25,13 +25,7 @@ from clipose_ros.tools.train import load_config
 TINY = "clipose_test_clip_formats"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: the tests run next to other jobs on 2 cores (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_vit_b16_from_a_local_checkpoint_trains_prompts_and_heads_and_keeps_clip_frozen(tmp_path):
