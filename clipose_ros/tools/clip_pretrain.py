@@ -367,6 +367,14 @@ def pose_prompt_report(
     }
 
 
+def _distinct(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct texts in first-seen order, each input's row among them): equal texts are
+    encoded once and share a row."""
+    distinct = list(dict.fromkeys(texts))
+    row = {c: i for i, c in enumerate(distinct)}
+    return distinct, np.array([row[c] for c in texts], dtype=np.int64)
+
+
 @torch.no_grad()
 def evaluate_teacher(
     model: torch.nn.Module,
@@ -408,20 +416,13 @@ def evaluate_teacher(
         for i, c in enumerate(CATEGORIES)
     }
     present = [v for v in per_class.values() if v is not None]
-    caps = crops.captions()
-    unique = list(dict.fromkeys(caps))
-    lookup = {c: i for i, c in enumerate(unique)}
-    cap_id = np.array([lookup[c] for c in caps])
+    unique, cap_id = _distinct(crops.captions())
     sim = img @ text(unique).t()  # (images, captions)
     i2t = float(100.0 * np.mean(sim.argmax(1).numpy() == cap_id))
     t2i = float(100.0 * np.mean(cap_id[sim.argmax(0).numpy()] == np.arange(len(unique))))
     counts = np.bincount(cap_id, minlength=len(unique))
-    poses = crops.pose_prompts()
-    distinct_poses = list(dict.fromkeys(poses))
-    pose_row = {c: i for i, c in enumerate(distinct_poses)}
-    pose_report = pose_prompt_report(
-        img, text(distinct_poses), np.array([pose_row[c] for c in poses]), crops.class_ids
-    )
+    distinct_poses, pose_row = _distinct(crops.pose_prompts())
+    pose_report = pose_prompt_report(img, text(distinct_poses), pose_row, crops.class_ids)
     model.train(was_training)
     return {
         "zero_shot_accuracy": float(100.0 * np.mean(pred == truth)),
@@ -430,7 +431,7 @@ def evaluate_teacher(
         "retrieval_i2t_top1": i2t,
         "retrieval_t2i_top1": t2i,
         "chance_i2t": float(100.0 / len(unique)),
-        "chance_t2i": float(100.0 * np.mean(counts / len(caps))),
+        "chance_t2i": float(100.0 * np.mean(counts / len(cap_id))),
         "instances": len(crops),
         "distinct_captions": len(unique),
         **pose_report,
