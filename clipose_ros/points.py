@@ -97,13 +97,51 @@ def reject_outliers(points: np.ndarray, factor: float, floor_m: float) -> np.nda
 
 
 class PreparedPoints(NamedTuple):
-    """What :func:`prepare_points` gives: ``points`` (n_points, 3) float32 in the camera frame,
-    or None when the instance has too few; ``count``, the usable points it had; ``reason``,
+    """What :func:`prepare_points` gives: ``points`` (n_points, 3) float32 in the camera frame
+    (from :func:`object_points`: all usable points, float64), or None when the instance has
+    too few; ``count``, the usable points it had; ``reason``,
     empty on success, else why there are no points."""
 
     points: np.ndarray | None
     count: int
     reason: str
+
+
+def object_points(
+    depth: np.ndarray,
+    mask: np.ndarray,
+    K: np.ndarray,
+    config: PointsConfig | None = None,
+) -> PreparedPoints:
+    """Steps 1-3: every usable point of one instance (float64, not sampled), or None with the
+    reason. The mug handle search (``core/mug_handle.py``) looks at all of them."""
+    cfg = config or PointsConfig()
+    if depth.shape != mask.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from depth shape {depth.shape}")
+    rows, cols = valid_depth_pixels(depth, mask)
+    if len(rows) < cfg.min_points:
+        return PreparedPoints(None, len(rows),
+                              f"{len(rows)} mask pixels with valid depth < {cfg.min_points}")
+    if cfg.erode_px:
+        er, ec = valid_depth_pixels(depth, erode(mask, cfg.erode_px))
+        if len(er) >= cfg.min_points:
+            rows, cols = er, ec
+    points = backproject_pixels(depth, K, rows, cols)
+    points = reject_outliers(points, cfg.outlier_factor, cfg.outlier_floor_m)
+    if len(points) < cfg.min_points:
+        return PreparedPoints(None, len(points), f"{len(points)} points after outlier "
+                                                 f"rejection < {cfg.min_points}")
+    return PreparedPoints(points, len(points), "")
+
+
+def sample_points(
+    cloud: PreparedPoints, config: PointsConfig, rng: np.random.Generator
+) -> PreparedPoints:
+    """Step 4: ``config.n_points`` float32 points drawn from :func:`object_points`' result."""
+    if cloud.points is None:
+        return cloud
+    picked = cloud.points[sample_to(len(cloud.points), config.n_points, rng)]
+    return PreparedPoints(picked.astype(np.float32), cloud.count, "")
 
 
 def prepare_points(
@@ -118,21 +156,5 @@ def prepare_points(
     ``rng`` defaults to a fixed seed, so that run-time results are reproducible.
     """
     cfg = config or PointsConfig()
-    if depth.shape != mask.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from depth shape {depth.shape}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    rows, cols = valid_depth_pixels(depth, mask)
-    if len(rows) < cfg.min_points:
-        return PreparedPoints(None, len(rows),
-                              f"{len(rows)} mask pixels with valid depth < {cfg.min_points}")
-    if cfg.erode_px:
-        er, ec = valid_depth_pixels(depth, erode(mask, cfg.erode_px))
-        if len(er) >= cfg.min_points:
-            rows, cols = er, ec
-    points = backproject_pixels(depth, K, rows, cols)
-    points = reject_outliers(points, cfg.outlier_factor, cfg.outlier_floor_m)
-    if len(points) < cfg.min_points:
-        return PreparedPoints(None, len(points), f"{len(points)} points after outlier "
-                                                 f"rejection < {cfg.min_points}")
-    picked = points[sample_to(len(points), cfg.n_points, rng)]
-    return PreparedPoints(picked.astype(np.float32), len(points), "")
+    return sample_points(object_points(depth, mask, K, cfg), cfg, rng)

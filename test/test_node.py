@@ -715,6 +715,10 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     from clipose_ros.ros.node import DEPTH_TOPIC, INFO_TOPIC, RGB_TOPIC
 
     assert set(launch.TOPIC_REMAPS.values()) == {RGB_TOPIC, DEPTH_TOPIC, INFO_TOPIC}
+    readme = (ROOT / "README.md").read_text()
+    for p in POSE_NODE_PARAMS:  # the README's parameter table: every parameter, its default
+        default = str(p.default).lower() if isinstance(p.default, bool) else str(p.default)
+        assert f"| `{p.name}` | `{default}` |" in readme, f"README parameter table: {p.name}"
     rviz = yaml.safe_load((ROOT / "config" / "clipose.rviz").read_text())
     topics = {d.get("Topic", {}).get("Value") for d in rviz["Visualization Manager"]["Displays"]}
     assert {"/clipose/markers", "/clipose/debug_image"} <= topics

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from clipose_ros.categories import CLASS_IDS
+from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
-from clipose_ros.points import PointsConfig, prepare_points
+from clipose_ros.points import PointsConfig, object_points, sample_points
 
 log = logging.getLogger("clipose.estimators")
 
@@ -115,11 +116,17 @@ class CliposeEstimator:
     ``last_timings`` holds ``points_ms`` and ``pose_ms`` of the last call. Instances with too
     few points give no pose (logged). Bad files raise ``ModelFileError`` (from the loader).
     ``min_points`` is the model file's until set (a pipeline sets its own, the node parameter).
+
+    ``mug_handle``: turn each mug's predicted pose about its up axis to the handle found in
+    its depth points (``core/mug_handle.py``); the network alone places handles poorly.
+    ``handle_seen`` of the last call says, per returned pose, whether that happened.
     """
 
     needs_nocs_map = False
 
-    def __init__(self, model_path: str, device: str = "cpu", seed: int = 0) -> None:
+    def __init__(
+        self, model_path: str, device: str = "cpu", seed: int = 0, mug_handle: bool = True
+    ) -> None:
         import torch
 
         from clipose_ros.model.loader import load_pose_model
@@ -129,6 +136,7 @@ class CliposeEstimator:
         module, meta = load_pose_model(model_path, device)
         self._setup(module, meta, device, seed)
         self.model_path = str(model_path)
+        self.mug_handle = bool(mug_handle)
 
     @classmethod
     def from_module(
@@ -138,6 +146,7 @@ class CliposeEstimator:
         self = cls.__new__(cls)
         self._setup(module, {"points": points_config.to_dict()}, device, seed)
         self.model_path = ""
+        self.mug_handle = False  # validation scores the network itself
         return self
 
     def _setup(self, module, meta: dict, device: str, seed: int) -> None:
@@ -147,6 +156,7 @@ class CliposeEstimator:
         self.seed = int(seed)
         self.points_config = PointsConfig.from_dict(meta["points"])
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
+        self.handle_seen: list[bool] = []
 
     @property
     def min_points(self) -> int:
@@ -161,27 +171,34 @@ class CliposeEstimator:
         self, frame: Frame, instances: list[Instance], rngs: list | None = None
     ) -> tuple[np.ndarray, list[int]]:
         """Points (M, N, 3) float32 of the usable instances and their indices in ``instances``."""
-        batch, kept = [], []
+        points, kept, _ = self._prepare(frame, instances, rngs)
+        return points, kept
+
+    def _prepare(
+        self, frame: Frame, instances: list[Instance], rngs: list | None = None
+    ) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+        """:meth:`prepare`, plus every usable point of each kept instance (before sampling)."""
+        batch, kept, clouds = [], [], []
         for i, inst in enumerate(instances):
             rng = rngs[i] if rngs is not None else np.random.default_rng(self.seed)
-            pts, _, reason = prepare_points(
-                frame.depth, inst.mask, frame.K, self.points_config, rng
-            )
-            if pts is None:
-                log.info("class %d: %s, no pose", inst.class_id, reason)
+            cloud = object_points(frame.depth, inst.mask, frame.K, self.points_config)
+            if cloud.points is None:
+                log.info("class %d: %s, no pose", inst.class_id, cloud.reason)
                 continue
-            batch.append(pts)
+            batch.append(sample_points(cloud, self.points_config, rng).points)
             kept.append(i)
+            clouds.append(cloud.points)
         n = self.points_config.n_points
-        return np.asarray(batch, dtype=np.float32).reshape(-1, n, 3), kept
+        return np.asarray(batch, dtype=np.float32).reshape(-1, n, 3), kept, clouds
 
     def estimate(self, frame: Frame, instances: list[Instance]) -> list[ObjectPose]:
         import torch
 
         start = time.perf_counter()
-        points, kept = self.prepare(frame, instances)
+        points, kept, clouds = self._prepare(frame, instances)
         mid = time.perf_counter()
         poses: list[ObjectPose] = []
+        self.handle_seen = []
         if kept:
             cls = torch.tensor([instances[i].class_id for i in kept], dtype=torch.int64)
             with torch.no_grad():
@@ -191,11 +208,15 @@ class CliposeEstimator:
             R, t, size = (x.cpu().double().numpy() for x in (R, t, size))
             for j, i in enumerate(kept):
                 inst = instances[i]
+                rot, seen = R[j], False
+                if self.mug_handle and inst.class_id == CLASS_IDS["mug"]:
+                    rot, seen = turn_to_handle(clouds[j], R[j], t[j], size[j])
+                self.handle_seen.append(seen)
                 poses.append(
                     ObjectPose(
                         class_id=inst.class_id,
                         score=inst.score,
-                        R=R[j],
+                        R=rot,
                         t=t[j],
                         size=size[j],
                         bbox=np.asarray(inst.bbox),

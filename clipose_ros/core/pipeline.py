@@ -142,17 +142,19 @@ def build_pipeline(
     tracker: TrackerConfig | None = None,
     seed: int = 0,
     threads: int | None = None,
+    mug_handle: bool = True,
 ) -> PosePipeline:
     """The shipped pipeline: YOLO-seg segmenter + exported CLIPose model, both on ``device``.
 
-    ``threads`` caps the segmenter back-end's CPU threads (None: its default). Missing or
+    ``threads`` caps the segmenter back-end's CPU threads (None: its default); ``mug_handle``
+    is the estimator's handle search (``core/mug_handle.py``). Missing or
     unusable files raise the loaders' errors (``ModelFileError``,
     ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
     """
     from clipose_ros.core.estimators import CliposeEstimator
     from clipose_ros.core.segmentation import YoloSegmenter
 
-    estimator = CliposeEstimator(str(pose_model), device=device, seed=seed)
+    estimator = CliposeEstimator(str(pose_model), device=device, seed=seed, mug_handle=mug_handle)
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,
         min_mask_area=min_mask_area, threads=threads,

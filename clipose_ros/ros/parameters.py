@@ -84,6 +84,8 @@ class PoseNodeConfig:
         read_only=True)
     min_points: int = param(50, "Fewest mask pixels with valid depth for a pose (the one "
         "run-time threshold: it replaces the value stored in the model file)", 4, 1_000_000)
+    mug_handle: bool = param(True, "Turn each mug's pose about its up axis to the handle found "
+        "in its depth points (the network alone often misplaces the handle)")
     track_match_distance: float = param(0.1, "Largest centre jump (m) between frames for one "
         "object", 0.001, 5.0)
     track_max_missed: int = param(5, "Frames an object may go unseen and keep its id", 0, 10_000)

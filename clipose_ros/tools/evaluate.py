@@ -194,7 +194,7 @@ def run_evaluation(
 
 
 def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None,
-                    model: Path | None = None) -> PoseEstimator:
+                    model: Path | None = None, mug_handle: bool = True) -> PoseEstimator:
     if name == "nocs-map":
         path = mug_meta or (find_mug_meta(data) if data is not None else None)
         if path is None:
@@ -204,7 +204,7 @@ def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None =
     if name == "clipose":
         if model is None:
             raise ValueError("--estimator clipose needs --model PATH (e.g. models/clipose_pose.pt)")
-        return CliposeEstimator(str(model))
+        return CliposeEstimator(str(model), mug_handle=mug_handle)
     raise ValueError(f"unknown estimator {name!r} (available: nocs-map, clipose)")
 
 
@@ -220,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", type=Path, default=None,
         help="exported pose model for --estimator clipose (clipose-export output)",
+    )
+    parser.add_argument(
+        "--no-mug-handle", action="store_true",
+        help="clipose: keep the network's mug rotation (no handle search in the depth points)",
     )
     parser.add_argument(
         "--masks", default="gt",
@@ -250,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log_to_terminal_and_file(args.out, "eval.log")
     try:
-        estimator = build_estimator(args.estimator, args.data, args.mug_meta, args.model)
+        estimator = build_estimator(
+            args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle
+        )
         masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
                                 imgsz=args.seg_imgsz)
         model_extents = (

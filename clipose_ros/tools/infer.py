@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> None:
             pose_model, segmenter, device=device, imgsz=node.imgsz, score_threshold=score,
             min_mask_area=node.min_mask_area, min_points=node.min_points,
             tracker=tracker_config(node),
-            seed=node.seed, threads=args.threads or None,
+            seed=node.seed, threads=args.threads or None, mug_handle=node.mug_handle,
         )
     except RuntimeError as err:
         sys.exit(f"clipose-infer: {err}")

@@ -1,0 +1,147 @@
+"""Find a mug's handle in its depth points and turn the predicted pose about the up axis to it.
+
+The pose network gets a mug's up axis right (within 10 deg for 96 % of the test mugs) but not
+where the handle points (19 % within 10 deg; models/clipose_pose.md). The handle is plain
+geometry, though: with the up axis and the centre from the network, the body is a circle in
+the plane across the axis and the handle is the cluster of points that stick out beyond it.
+
+Steps, for one mug (labels put ``t`` on the body axis, so ``size[2] / 2`` is the body radius and
+``size[0] / 2`` the handle's reach):
+
+1. project the points onto the plane across the predicted up axis ``R[:, 1]``, about ``t``;
+2. re-centre: fit a circle (centre and radius, least squares on the points near the body
+   surface, a few Gauss-Newton steps), since a centre a few millimetres off makes one side of
+   the body look like a handle; an implausible fit keeps the network's centre;
+3. handle points: farther than ``radius_ratio`` times the predicted body radius from the
+   fitted centre, within the handle's reach and the mug's height;
+4. their directions: the densest cone of ± ``cluster_deg`` must hold ``min_share`` of them and at
+   least ``min_points``; its mean direction is the new x axis. Otherwise the pose is kept (no
+   handle seen: the handle is hidden, a hole in the depth, or the points are too few).
+
+Measured on held-out generated frames (shipped network, 59 validation mugs with a visible
+handle): x axis within 10 deg for 78 % instead of 19 % (README, "Pose network").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class HandleSearch:
+    """Thresholds of :func:`find_handle_direction` (chosen on validation frames, not test)."""
+
+    radius_ratio: float = 1.1
+    reach_margin: float = 1.3
+    height_margin: float = 1.1
+    min_points: int = 10
+    min_share: float = 0.5
+    cluster_deg: float = 30.0
+    fit_steps: int = 6
+    max_points: int = 4096
+
+
+def _fit_circle(p2: np.ndarray, radius: float, steps: int) -> tuple[np.ndarray, float]:
+    """Centre and radius of the circle through the 2D points near ``radius`` about the origin.
+
+    Points far off the current circle (the handle, stray depth) are left out of each step.
+    Returns the origin and ``radius`` when the fit runs away (partial arcs can be ill-posed).
+    """
+    centre, r = np.zeros(2), radius
+    for _ in range(steps):
+        offset = p2 - centre
+        dist = np.linalg.norm(offset, axis=1) + 1e-12
+        residual = dist - r
+        near = np.abs(residual) < max(0.15 * radius, 3.0 * float(np.median(np.abs(residual))))
+        if near.sum() < 3:
+            break
+        jac = np.concatenate([-offset[near] / dist[near, None], -np.ones((near.sum(), 1))], 1)
+        step = np.linalg.lstsq(jac.T @ jac, -jac.T @ residual[near], rcond=None)[0]
+        centre, r = centre + step[:2], r + step[2]
+    if not np.all(np.isfinite(centre)) or np.linalg.norm(centre) > 0.5 * radius or not (
+        0.5 * radius < r < 1.5 * radius
+    ):
+        return np.zeros(2), radius
+    return centre, float(r)
+
+
+def find_handle_direction(
+    points: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    size: np.ndarray,
+    search: HandleSearch | None = None,
+) -> np.ndarray | None:
+    """Unit vector (camera frame) from the body axis to the handle, or None if none is seen.
+
+    ``points`` (M, 3) are the mug's depth points in the camera frame (metres); ``R``, ``t``,
+    ``size`` the predicted pose (the direction is perpendicular to ``R[:, 1]``).
+    """
+    cfg = search or HandleSearch()
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) > cfg.max_points:
+        points = points[np.linspace(0, len(points) - 1, cfg.max_points).astype(np.int64)]
+    if len(points) < cfg.min_points:
+        return None
+    up = R[:, 1] / np.linalg.norm(R[:, 1])
+    across = R[:, 0] - (R[:, 0] @ up) * up
+    if np.linalg.norm(across) < 1e-6:
+        across = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
+    across /= np.linalg.norm(across)
+    depth_axis = np.cross(across, up)
+    rel = points - np.asarray(t, dtype=np.float64)
+    height = rel @ up
+    p2 = np.stack([rel @ across, rel @ depth_axis], axis=1)
+    body_radius = 0.5 * float(size[2])
+    centre, _ = _fit_circle(p2, body_radius, cfg.fit_steps)
+    offset = p2 - centre
+    dist = np.linalg.norm(offset, axis=1)
+    out = (
+        (dist > cfg.radius_ratio * body_radius)
+        & (dist < 0.5 * float(size[0]) * cfg.reach_margin)
+        & (np.abs(height) < 0.5 * float(size[1]) * cfg.height_margin)
+    )
+    if out.sum() < cfg.min_points:
+        return None
+    angle = np.arctan2(offset[out, 1], offset[out, 0])
+    densest = _densest_cone(angle, np.radians(cfg.cluster_deg))
+    if densest.sum() < cfg.min_points or densest.mean() < cfg.min_share:
+        return None
+    mean = np.array([np.cos(angle[densest]).sum(), np.sin(angle[densest]).sum()])
+    mean /= np.linalg.norm(mean)
+    return mean[0] * across + mean[1] * depth_axis
+
+
+def _densest_cone(angle: np.ndarray, half_width: float, bins: int = 180) -> np.ndarray:
+    """Which of the angles (radians) lie within ``half_width`` of the direction that has the
+    most of them within ``half_width`` (a circular window over a fine histogram: linear time)."""
+    counts = np.bincount(((angle + np.pi) / (2 * np.pi) * bins).astype(np.int64) % bins,
+                         minlength=bins)
+    reach = int(round(half_width / (2 * np.pi) * bins))
+    window = np.convolve(np.concatenate([counts[-reach:], counts, counts[:reach]]),
+                         np.ones(2 * reach + 1, dtype=np.int64), mode="valid")
+    centre = (np.argmax(window) + 0.5) / bins * 2 * np.pi - np.pi
+    # The first best window can sit at the edge of a narrow cluster: centre it on its points.
+    inside = np.abs(np.angle(np.exp(1j * (angle - centre)))) <= half_width
+    centre = np.angle(np.exp(1j * angle[inside]).sum())
+    return np.abs(np.angle(np.exp(1j * (angle - centre)))) <= half_width
+
+
+def turn_to_handle(
+    points: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    size: np.ndarray,
+    search: HandleSearch | None = None,
+) -> tuple[np.ndarray, bool]:
+    """``R`` turned about its up axis so that x points at the handle, and whether one was seen.
+
+    The up axis is kept as predicted; with no handle seen ``R`` is returned unchanged.
+    """
+    handle = find_handle_direction(points, R, t, size, search)
+    if handle is None:
+        return R, False
+    up = R[:, 1] / np.linalg.norm(R[:, 1])
+    return np.stack([handle, up, np.cross(handle, up)], axis=1), True
