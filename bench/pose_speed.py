@@ -3,7 +3,8 @@
 For batch sizes 1, 4, 8, 16 (1028 points each): median milliseconds per call, objects per
 second, and the peak extra memory of a call (CPU: growth of the resident set size, sampled
 every millisecond from ``/proc/self/statm``; CUDA: ``max_memory_allocated``).
-Also the points preparation (mask + depth -> points) per object, which runs before the model.
+Also the points preparation (mask + depth -> points) per object, which runs before the model,
+and the mug handle search (``core/mug_handle.py``) that follows it for each mug.
 
     .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
 """
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.model.loader import load_pose_model
 from clipose_ros.points import PointsConfig, prepare_points
 
@@ -102,6 +104,27 @@ def bench_points(repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def bench_handle(repeats: int, count: int = 15000) -> float:
+    """Median ms of the handle search on a mug-like cloud: the camera-facing half of a
+    4.5 cm-radius body and a handle beside it, ``count`` points (a mug at 0.7 m)."""
+    rng = np.random.default_rng(0)
+    body = int(0.9 * count)
+    angle = rng.uniform(0.0, np.pi, body) + np.pi  # the half facing the camera (-z)
+    height = rng.uniform(-0.045, 0.045, body)
+    points = np.stack([0.045 * np.cos(angle), height, 0.045 * np.sin(angle)], axis=1)
+    arc = rng.uniform(-np.pi / 2, np.pi / 2, count - body)
+    handle = np.stack([0.055 + 0.02 * np.cos(arc), 0.025 * np.sin(arc),
+                       rng.uniform(-0.006, 0.006, count - body)], axis=1)
+    cloud = np.concatenate([points, handle]) + np.array([0.0, 0.0, 0.7])
+    R, t, size = np.eye(3), np.array([0.0, 0.0, 0.7]), np.array([0.15, 0.09, 0.09])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        turn_to_handle(cloud, R, t, size)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
@@ -123,8 +146,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     points_ms = bench_points(args.repeats)
+    handle_ms = bench_handle(args.repeats)
     load = os.getloadavg()[0]
     print(f"prepare_points: {points_ms:.2f} ms per object (640x480 frame, 18000-pixel mask)")
+    print(f"mug handle search: {handle_ms:.2f} ms per mug (15000 points)")
     print(f"torch {torch.__version__}, {args.threads} threads, load average {load:.1f}")
     print("| device | batch | median ms | objects/s | peak extra MB |")
     print("|---|---|---|---|---|")
@@ -139,6 +164,7 @@ def main() -> None:
                 {
                     "rows": rows,
                     "prepare_points_ms": points_ms,
+                    "mug_handle_ms": handle_ms,
                     "threads": args.threads,
                     "load_average": load,
                 },
