@@ -40,3 +40,27 @@ def test_shipped_segmenter_finds_the_real275_objects_and_no_phantoms(report):
 def test_shipped_segmenter_masks_the_d435_mug(report):
     d435 = report[0]["d435"]
     assert d435["mug_found"] and d435["mask_iou"] >= 0.75, d435
+
+
+def test_d435_mug_pose_points_at_its_handle():
+    """The real D435 mug (frame's own mask): its handle is on the left of the image, beside the
+    body. The handle search must see it and turn x to it; the up axis stays the network's."""
+    import cv2
+    import numpy as np
+
+    from clipose_ros.categories import CLASS_IDS
+    from clipose_ros.core.estimators import CliposeEstimator
+    from clipose_ros.core.structures import Frame, Instance
+
+    folder = SAMPLES / "d435_mug_sarnet"
+    rgb = cv2.imread(str(folder / "0000_image.png"))[:, :, ::-1]
+    depth = cv2.imread(str(folder / "0000_depth.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+    mask = cv2.imread(str(folder / "0000_mask.png"), cv2.IMREAD_UNCHANGED) > 0
+    K = np.array([[606.9066, 0, 319.9248], [0, 606.2557, 240.7983], [0, 0, 1.0]])
+    ys, xs = np.nonzero(mask)
+    mug = Instance(CLASS_IDS["mug"], 1.0, mask, np.array([ys.min(), xs.min(), ys.max(), xs.max()]))
+    estimator = CliposeEstimator(str(ROOT / "models" / "clipose_pose.pt"))
+    (pose,) = estimator.estimate(Frame(rgb, depth.astype(np.float32), K), [mug])
+    assert estimator.handle_seen == [True]
+    assert pose.R[:, 1] @ np.array([0.0, -1.0, 0.0]) > np.cos(np.radians(45))  # upright
+    assert pose.R[:, 0] @ np.array([-1.0, 0.0, 0.0]) > np.cos(np.radians(20))  # to the left
