@@ -16,6 +16,7 @@ import torch
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
 from clipose_ros.core.estimators import CliposeEstimator
 from clipose_ros.core.structures import Frame, Instance
+from clipose_ros.geometry import rotation_angle_deg
 from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
 from clipose_ros.model.export import export_checkpoint, export_model, parity_inputs
 from clipose_ros.model.loader import META_NAME, ModelFileError, load_pose_model
@@ -112,6 +113,32 @@ def test_estimator_on_a_frame(exported):
     assert set(est.last_timings) == {"points_ms", "pose_ms"}
     assert all(v >= 0 for v in est.last_timings.values())
     assert est.estimate(frame, []) == []
+
+
+def test_subsets_average_the_network_over_disjoint_point_subsets(exported):
+    path, net = exported  # n_graph 128 of 1028 points: up to 8 disjoint subsets
+    depth = np.zeros((120, 160), np.float32)
+    depth[30:80, 40:90] = 0.7 + 0.002 * np.arange(50)[None, :]
+    frame = Frame(np.zeros((120, 160, 3), np.uint8), depth, CAMERA_INTRINSICS)
+    insts = [Instance(c, 0.9, depth > 0, np.array([30, 40, 80, 90])) for c in (3, 1)]
+    one, two = (CliposeEstimator(str(path), subsets=k) for k in (1, 2))
+    points, _ = one.prepare(frame, insts)
+    with torch.no_grad():
+        R, t, size, _ = net(torch.from_numpy(np.roll(points, -128, axis=1)), torch.tensor([3, 1]))
+    alone, both = one.estimate(frame, insts), two.estimate(frame, insts)
+    for a, b, t_second, s_second in zip(alone, both, t.numpy(), size.numpy(), strict=True):
+        # translation and size: the mean of the two subsets' estimates
+        np.testing.assert_allclose(b.t, (a.t + t_second) / 2, atol=1e-5)
+        np.testing.assert_allclose(b.size, (a.size + s_second) / 2, atol=1e-5)
+        np.testing.assert_allclose(b.R.T @ b.R, np.eye(3), atol=1e-9)
+        assert np.linalg.det(b.R) == pytest.approx(1.0)
+    # camera (asymmetric): between the two; bottle (symmetric): the mean y axis
+    mid = rotation_angle_deg(alone[0].R, R[0].double().numpy())
+    assert rotation_angle_deg(both[0].R, alone[0].R) <= mid / 2 + 1e-3
+    mean_y = alone[1].R[:, 1] + R[1, :, 1].double().numpy()
+    np.testing.assert_allclose(both[1].R[:, 1], mean_y / np.linalg.norm(mean_y), atol=1e-5)
+    with pytest.raises(ValueError, match=r"subsets must be 1\.\.8"):
+        CliposeEstimator(str(path), subsets=9)
 
 
 def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):

@@ -678,6 +678,7 @@ def run_until_exit(cmd: list[str], timeout: float = 60) -> subprocess.CompletedP
         ({"device": "tpu"}, "device: 'tpu' is not cpu, cuda, cuda:N or auto"),
         ({"frame_prefix": "/clipose/"}, "frame_prefix: '/clipose/' would make TF frame ids"),
         ({"pose_model": "/nonexistent/clipose_pose.pt"}, "/nonexistent/clipose_pose.pt"),
+        ({"pose_subsets": 3}, "pose_subsets: subsets must be 1..2"),
     ],
 )
 def test_invalid_parameters_stop_start_up_with_a_message(params, words):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clipose_ros.categories import CLASS_IDS
+from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
@@ -120,12 +120,21 @@ class CliposeEstimator:
     ``mug_handle``: turn each mug's predicted pose about its up axis to the handle found in
     its depth points (``core/mug_handle.py``); the network alone places handles poorly.
     ``handle_seen`` of the last call says, per returned pose, whether that happened.
+
+    ``subsets``: the encoder reads the first ``n_graph`` of the points (a random subset); with
+    ``subsets`` > 1 the network also runs on the next disjoint subsets (one batch) and the poses
+    are averaged (:func:`average_poses`), for less sampling noise at that multiple of the cost.
     """
 
     needs_nocs_map = False
 
     def __init__(
-        self, model_path: str, device: str = "cpu", seed: int = 0, mug_handle: bool = True
+        self,
+        model_path: str,
+        device: str = "cpu",
+        seed: int = 0,
+        mug_handle: bool = True,
+        subsets: int = 2,
     ) -> None:
         import torch
 
@@ -137,6 +146,7 @@ class CliposeEstimator:
         self._setup(module, meta, device, seed)
         self.model_path = str(model_path)
         self.mug_handle = bool(mug_handle)
+        self.subsets = subsets
 
     @classmethod
     def from_module(
@@ -147,6 +157,7 @@ class CliposeEstimator:
         self._setup(module, {"points": points_config.to_dict()}, device, seed)
         self.model_path = ""
         self.mug_handle = False  # validation scores the network itself
+        self.subsets = 1
         return self
 
     def _setup(self, module, meta: dict, device: str, seed: int) -> None:
@@ -157,6 +168,21 @@ class CliposeEstimator:
         self.points_config = PointsConfig.from_dict(meta["points"])
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handle_seen: list[bool] = []
+
+    @property
+    def subsets(self) -> int:
+        """Disjoint point subsets the network runs on per instance (poses averaged)."""
+        return self._subsets
+
+    @subsets.setter
+    def subsets(self, value: int) -> None:
+        n_graph = int(self.meta.get("net", {}).get("n_graph", self.points_config.n_points))
+        most = max(1, self.points_config.n_points // n_graph)
+        if not 1 <= int(value) <= most:
+            raise ValueError(f"subsets must be 1..{most} ({self.points_config.n_points} points, "
+                             f"{n_graph} per subset), got {value}")
+        self._subsets = int(value)
+        self._subset_step = n_graph
 
     @property
     def min_points(self) -> int:
@@ -200,12 +226,21 @@ class CliposeEstimator:
         poses: list[ObjectPose] = []
         self.handle_seen = []
         if kept:
-            cls = torch.tensor([instances[i].class_id for i in kept], dtype=torch.int64)
+            class_ids = [instances[i].class_id for i in kept]
+            k = self.subsets
+            # Subset j is the points rolled by j * n_graph: the encoder reads the first n_graph.
+            batch = np.concatenate([np.roll(points, -j * self._subset_step, axis=1)
+                                    for j in range(k)])
+            cls = torch.tensor(class_ids * k, dtype=torch.int64)
             with torch.no_grad():
                 R, t, size, _conf = self.module(
-                    torch.from_numpy(points).to(self.device), cls.to(self.device)
+                    torch.from_numpy(batch).to(self.device), cls.to(self.device)
                 )
             R, t, size = (x.cpu().double().numpy() for x in (R, t, size))
+            if k > 1:
+                n = len(kept)
+                R, t, size = average_poses(R.reshape(k, n, 3, 3), t.reshape(k, n, 3),
+                                           size.reshape(k, n, 3), class_ids)
             for j, i in enumerate(kept):
                 inst = instances[i]
                 rot, seen = R[j], False
@@ -225,3 +260,28 @@ class CliposeEstimator:
         end = time.perf_counter()
         self.last_timings = {"points_ms": 1e3 * (mid - start), "pose_ms": 1e3 * (end - mid)}
         return poses
+
+
+def average_poses(
+    R: np.ndarray, t: np.ndarray, size: np.ndarray, class_ids: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of K pose estimates per instance: R (K, B, 3, 3), t and size (K, B, 3).
+
+    Rotations: the proper rotation nearest to the sum (SVD); for the classes symmetric about y
+    only the mean y axis counts (x of the first estimate, made orthogonal to it).
+    """
+    out = np.empty(R.shape[1:])
+    for b, class_id in enumerate(class_ids):
+        if is_symmetric(class_id):
+            y = R[:, b, :, 1].sum(axis=0)
+            y /= np.linalg.norm(y)
+            x = R[0, b, :, 0] - (R[0, b, :, 0] @ y) * y
+            if np.linalg.norm(x) < 1e-6:
+                x = np.cross(y, [1.0, 0.0, 0.0] if abs(y[0]) < 0.9 else [0.0, 0.0, 1.0])
+            x /= np.linalg.norm(x)
+            out[b] = np.stack([x, y, np.cross(x, y)], axis=1)
+        else:
+            u, _, vt = np.linalg.svd(R[:, b].sum(axis=0))
+            fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+            out[b] = u @ fix @ vt
+    return out, t.mean(axis=0), size.mean(axis=0)

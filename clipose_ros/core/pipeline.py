@@ -143,11 +143,13 @@ def build_pipeline(
     seed: int = 0,
     threads: int | None = None,
     mug_handle: bool = True,
+    pose_subsets: int = 2,
 ) -> PosePipeline:
     """The shipped pipeline: YOLO-seg segmenter + exported CLIPose model, both on ``device``.
 
     ``threads`` caps the segmenter back-end's CPU threads (None: its default); ``mug_handle``
-    is the estimator's handle search (``core/mug_handle.py``). Missing or
+    is the estimator's handle search (``core/mug_handle.py``), ``pose_subsets`` its number of
+    point subsets (a ValueError names the range the model file allows). Missing or
     unusable files raise the loaders' errors (``ModelFileError``,
     ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
     """
@@ -155,6 +157,10 @@ def build_pipeline(
     from clipose_ros.core.segmentation import YoloSegmenter
 
     estimator = CliposeEstimator(str(pose_model), device=device, seed=seed, mug_handle=mug_handle)
+    try:
+        estimator.subsets = pose_subsets
+    except ValueError as err:
+        raise ValueError(f"pose_subsets: {err}") from err
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,
         min_mask_area=min_mask_area, threads=threads,

@@ -125,7 +125,7 @@ class PoseNode(Node):
         warm_ms = self.pipeline.warm_up()
         self.pipeline.min_score = p.score_threshold
         self.pipeline.min_points = p.min_points
-        self._set_mug_handle(p.mug_handle)
+        self._set_estimator_options(p)
         self.pipeline.tracker.config = tracker_config(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_statistics()
@@ -163,7 +163,7 @@ class PoseNode(Node):
             pose_model, weights, device=self.device, imgsz=p.imgsz,
             score_threshold=p.score_threshold, min_mask_area=p.min_mask_area,
             min_points=p.min_points, tracker=tracker_config(p), seed=p.seed,
-            threads=p.num_threads or None, mug_handle=p.mug_handle,
+            threads=p.num_threads or None, mug_handle=p.mug_handle, pose_subsets=p.pose_subsets,
         )
 
     def _init_statistics(self) -> None:
@@ -215,10 +215,16 @@ class PoseNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.send_tf = rc.make_transform_broadcaster(self)
 
-    def _set_mug_handle(self, on: bool) -> None:
-        """The handle search is the CLIPose estimator's; other estimators have none."""
-        if hasattr(self.pipeline.estimator, "mug_handle"):
-            self.pipeline.estimator.mug_handle = bool(on)
+    def _set_estimator_options(self, config: PoseNodeConfig) -> None:
+        """Handle search and point subsets are the CLIPose estimator's; other estimators
+        (tests inject some) have neither. An out-of-range ``pose_subsets`` raises ValueError."""
+        estimator = self.pipeline.estimator
+        if hasattr(estimator, "mug_handle"):
+            try:
+                estimator.subsets = config.pose_subsets
+            except ValueError as err:
+                raise ValueError(f"pose_subsets: {err}") from err
+            estimator.mug_handle = config.mug_handle
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""
@@ -228,12 +234,12 @@ class PoseNode(Node):
                 self.config, **{p.name: p.value for p in params if p.name in own})
             tracker = tracker_config(new)
             check_frame_prefix(new.frame_prefix)
+            self._set_estimator_options(new)
         except ValueError as err:
             return SetParametersResult(successful=False, reason=str(err))
         self.config = new
         self.pipeline.min_score = new.score_threshold
         self.pipeline.min_points = new.min_points
-        self._set_mug_handle(new.mug_handle)
         self.pipeline.tracker.config = tracker
         self.warn.period = new.warn_throttle
         segmenter = self.pipeline.segmenter

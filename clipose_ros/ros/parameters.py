@@ -84,6 +84,8 @@ class PoseNodeConfig:
         read_only=True)
     min_points: int = param(50, "Fewest mask pixels with valid depth for a pose (the one "
         "run-time threshold: it replaces the value stored in the model file)", 4, 1_000_000)
+    pose_subsets: int = param(2, "Disjoint point subsets the pose network runs on per object, "
+        "poses averaged (1: once; 2: about 2x the pose time, more accurate)", 1, 8)
     mug_handle: bool = param(True, "Turn each mug's pose about its up axis to the handle found "
         "in its depth points (the network alone often misplaces the handle)")
     track_match_distance: float = param(0.1, "Largest centre jump (m) between frames for one "

@@ -194,7 +194,8 @@ def run_evaluation(
 
 
 def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None,
-                    model: Path | None = None, mug_handle: bool = True) -> PoseEstimator:
+                    model: Path | None = None, mug_handle: bool = True,
+                    subsets: int = 2) -> PoseEstimator:
     if name == "nocs-map":
         path = mug_meta or (find_mug_meta(data) if data is not None else None)
         if path is None:
@@ -204,7 +205,7 @@ def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None =
     if name == "clipose":
         if model is None:
             raise ValueError("--estimator clipose needs --model PATH (e.g. models/clipose_pose.pt)")
-        return CliposeEstimator(str(model), mug_handle=mug_handle)
+        return CliposeEstimator(str(model), mug_handle=mug_handle, subsets=subsets)
     raise ValueError(f"unknown estimator {name!r} (available: nocs-map, clipose)")
 
 
@@ -224,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-mug-handle", action="store_true",
         help="clipose: keep the network's mug rotation (no handle search in the depth points)",
+    )
+    parser.add_argument(
+        "--subsets", type=int, default=2,
+        help="clipose: disjoint point subsets the network runs on, poses averaged (the node's "
+        "pose_subsets; 1: the network once)",
     )
     parser.add_argument(
         "--masks", default="gt",
@@ -255,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     log_to_terminal_and_file(args.out, "eval.log")
     try:
         estimator = build_estimator(
-            args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle
+            args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle,
+            args.subsets,
         )
         masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
                                 imgsz=args.seg_imgsz)
