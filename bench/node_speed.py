@@ -12,6 +12,7 @@ at the end.
     .venv/bin/python bench/node_speed.py                    # 10 minutes, the README's numbers
     .venv/bin/python bench/node_speed.py --short            # 25 s smoke run
     .venv/bin/python bench/node_speed.py --device cuda      # GPU figures where CUDA exists
+    .venv/bin/python bench/node_speed.py --param pose_subsets=1  # any node parameter
 
 Results: a table on the terminal and JSON in ``--out`` (default bench_out/node_speed.json).
 """
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objects", type=int, default=4, help="objects per rendered scene")
     parser.add_argument("--source", default="", help="replay this NOCS-format folder instead")
     parser.add_argument("--pose-node", default="", help="command starting another pose node")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="pose_node parameter (repeatable), e.g. --param pose_subsets=1")
     parser.add_argument("--out", type=Path, default=Path("bench_out/node_speed.json"))
     args = parser.parse_args(argv)
     if args.short:
@@ -79,7 +82,15 @@ def main(argv: list[str] | None = None) -> None:
               "distractors": False}
     if args.source:
         camera["source"] = str(Path(args.source).resolve())
-    commands = node_commands(config_file(), camera, {"device": args.device},
+    import yaml
+
+    node_params = {"device": args.device}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--param {item!r}: expected NAME=VALUE")
+        node_params[name] = yaml.safe_load(value)
+    commands = node_commands(config_file(), camera, node_params,
                              args.pose_node.split() if args.pose_node else None)
     log_dir = args.out.parent / "node_speed_logs"
     procs = start_processes(commands, log_dir, env)
