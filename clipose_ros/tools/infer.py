@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("clipose.infer")
 
 # Median valid depth an RGB-D camera plausibly sees (metres): the depth-unit guess uses it.
+# Tighter than the node's refusal range (ros/convert.py, 0.05-20 m) on purpose: a unit is only
+# assumed where the rescaled depth is typical (50 m read as millimetres would give 5 cm).
 PLAUSIBLE_DEPTH_M = (0.1, 10.0)
 RGB_TAGS = ("color", "colour", "rgb", "image")
 DEPTH_SUFFIXES = (".png", ".npy", ".exr", ".tif", ".tiff")
