@@ -368,7 +368,7 @@ def test_pose_prompt_report_arithmetic():
     assert rep["pose_retrieval_chance_top1"] == pytest.approx(100 * (4 / 3 + 1) / 6)
     assert rep["pose_retrieval_norm_rank"] == pytest.approx(3.5 / 6)
     empty = pose_prompt_report(img[:1], txt[:1], np.array([0]), np.array([6]))
-    assert np.isnan(empty["pose_text_spread"]) and np.isnan(empty["pose_retrieval_top1"])
+    assert empty["pose_text_spread"] is None and empty["pose_retrieval_top1"] is None
 
 
 ANGLES = (-150.0, -90.0, -20.0, 10.0, 45.0, 100.0, 170.0)

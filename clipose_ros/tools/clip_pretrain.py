@@ -311,8 +311,8 @@ def pose_prompt_report(
 
     Summary keys (flat, for metrics.csv): mean spread and cosine std over categories, top-1
     and its chance over all ranked instances, and the mean normalised rank
-    ``(rank - 1) / (m_c - 1)`` (0 = always first, 0.5 = chance). NaN when no category has
-    two distinct prompts.
+    ``(rank - 1) / (m_c - 1)`` (0 = always first, 0.5 = chance). None (null in eval.json,
+    which stays strict JSON) when no category has two distinct prompts.
     """
     img = image_features.detach().float().cpu()
     txt = text_features.detach().float().cpu()
@@ -354,8 +354,9 @@ def pose_prompt_report(
         chance.extend([1.0 / m] * len(members))
         norm_rank.extend((rank - 1.0) / (m - 1))
 
-    def mean(values: list[float], scale: float = 1.0) -> float:
-        return float(scale * np.mean(values)) if values else float("nan")
+    def mean(values: list[float], scale: float = 1.0) -> float | None:
+        # None (JSON null) where no category has two distinct prompts: nothing to measure.
+        return float(scale * np.mean(values)) if values else None
 
     return {
         "pose_text_spread": mean(spreads),
@@ -693,7 +694,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict[str, Any]:
             final_eval = (run.step, run.evaluate())
         result["eval"] = final_eval[1]
         result["eval"]["test_data"] = str(cfg.test_data)
-        (run.out / "eval.json").write_text(json.dumps(result["eval"], indent=1))
+        (run.out / "eval.json").write_text(json.dumps(result["eval"], indent=1, allow_nan=False))
         log.info("evaluation on %s: %s", cfg.test_data, json.dumps(result["eval"]))
     save = Path(cfg.save) if cfg.save else run.out / "clip_teacher.pt"
     save_teacher(save, run.model, {**run.meta_base, "steps": run.step, "history": run.history,
@@ -791,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
             std = torch.tensor(clip.std).view(1, 3, 1, 1)
             ev = evaluate_teacher(clip.model, clip.tokenizer, crops, mean, std)
             ev.update(checkpoint=str(args.eval_only), test_data=str(args.test_data))
-            (args.out / "eval.json").write_text(json.dumps(ev, indent=1))
+            (args.out / "eval.json").write_text(json.dumps(ev, indent=1, allow_nan=False))
             print(json.dumps(ev, indent=1))
             return
         if not args.data:
