@@ -116,6 +116,25 @@ def rotation_angle_deg(R1: np.ndarray, R2: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def rotation_from_y(
+    y: np.ndarray, x_hint: np.ndarray | None = None, eps: float = 1e-3
+) -> np.ndarray:
+    """Proper rotation (3, 3) whose y column is ``y`` (normalised) and whose x column is
+    ``x_hint`` made orthogonal to it; where the hint is missing or its orthogonal part is
+    shorter than ``eps`` (parallel to y), the camera's x axis stands in, then its z axis.
+    z = x cross y. Used wherever only the y axis of an object is known or kept."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y / np.linalg.norm(y)
+    refs = [] if x_hint is None else [np.asarray(x_hint, dtype=np.float64)]
+    for ref in (*refs, np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])):
+        x = ref - float(ref @ y) * y
+        n = float(np.linalg.norm(x))
+        if n > eps:
+            x = x / n
+            break
+    return np.stack([x, y, np.cross(x, y)], axis=1)
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     """Camera-to-world rotation (3, 3) of an optical frame at ``eye`` looking at ``target``.
 

@@ -19,7 +19,12 @@ import numpy as np
 from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
-from clipose_ros.geometry import backproject_pixels, ransac_umeyama, valid_depth_pixels
+from clipose_ros.geometry import (
+    backproject_pixels,
+    ransac_umeyama,
+    rotation_from_y,
+    valid_depth_pixels,
+)
 from clipose_ros.points import PointsConfig, object_points, sample_points
 
 log = logging.getLogger("clipose.estimators")
@@ -273,13 +278,7 @@ def average_poses(
     out = np.empty(R.shape[1:])
     for b, class_id in enumerate(class_ids):
         if is_symmetric(class_id):
-            y = R[:, b, :, 1].sum(axis=0)
-            y /= np.linalg.norm(y)
-            x = R[0, b, :, 0] - (R[0, b, :, 0] @ y) * y
-            if np.linalg.norm(x) < 1e-6:
-                x = np.cross(y, [1.0, 0.0, 0.0] if abs(y[0]) < 0.9 else [0.0, 0.0, 1.0])
-            x /= np.linalg.norm(x)
-            out[b] = np.stack([x, y, np.cross(x, y)], axis=1)
+            out[b] = rotation_from_y(R[:, b, :, 1].sum(axis=0), R[0, b, :, 0])
         else:
             u, _, vt = np.linalg.svd(R[:, b].sum(axis=0))
             fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])

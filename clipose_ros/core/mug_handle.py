@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipose_ros.geometry import rotation_from_y
+
 
 @dataclass(frozen=True)
 class HandleSearch:
@@ -85,12 +87,7 @@ def find_handle_direction(
         points = points[np.linspace(0, len(points) - 1, cfg.max_points).astype(np.int64)]
     if len(points) < cfg.min_points:
         return None
-    up = R[:, 1] / np.linalg.norm(R[:, 1])
-    across = R[:, 0] - (R[:, 0] @ up) * up
-    if np.linalg.norm(across) < 1e-6:
-        across = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
-    across /= np.linalg.norm(across)
-    depth_axis = np.cross(across, up)
+    across, up, depth_axis = rotation_from_y(R[:, 1], R[:, 0]).T
     rel = points - np.asarray(t, dtype=np.float64)
     height = rel @ up
     p2 = np.stack([rel @ across, rel @ depth_axis], axis=1)
@@ -143,5 +140,4 @@ def turn_to_handle(
     handle = find_handle_direction(points, R, t, size, search)
     if handle is None:
         return R, False
-    up = R[:, 1] / np.linalg.norm(R[:, 1])
-    return np.stack([handle, up, np.cross(handle, up)], axis=1), True
+    return rotation_from_y(R[:, 1], handle), True

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES, SYMMETRIC_CATEGORIES, class_name
+from clipose_ros.geometry import rotation_from_y
 
 POSE_PROMPT_TEMPLATE = (
     "a point-cloud model of a {category}{symmetry}, rotation Euler angles <{a}, {b}, {c}>, "
@@ -109,16 +110,7 @@ def canonical_symmetric_rotation(R: np.ndarray) -> np.ndarray:
 
     Keeps the y axis (second column) and turns x towards the camera's x axis.
     """
-    R = np.asarray(R, dtype=np.float64)
-    y = R[:, 1] / np.linalg.norm(R[:, 1])
-    for ref in (np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])):
-        x = ref - float(ref @ y) * y
-        n = float(np.linalg.norm(x))
-        if n > _PARALLEL_EPS:
-            x = x / n
-            break
-    z = np.cross(x, y)
-    return np.stack([x, y, z], axis=1)
+    return rotation_from_y(np.asarray(R, dtype=np.float64)[:, 1], eps=_PARALLEL_EPS)
 
 
 def _fmt(v: float) -> str:
