@@ -171,6 +171,9 @@ class CliposeEstimator:
         self.device = device
         self.seed = int(seed)
         self.points_config = PointsConfig.from_dict(meta["points"])
+        # The encoder reads the first n_graph points: one point subset (meta of older files
+        # and of from_module lack it: then the whole sample is one subset).
+        self._subset_step = int(meta.get("net", {}).get("n_graph", self.points_config.n_points))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handle_seen: list[bool] = []
 
@@ -181,13 +184,11 @@ class CliposeEstimator:
 
     @subsets.setter
     def subsets(self, value: int) -> None:
-        n_graph = int(self.meta.get("net", {}).get("n_graph", self.points_config.n_points))
-        most = max(1, self.points_config.n_points // n_graph)
+        most = max(1, self.points_config.n_points // self._subset_step)
         if not 1 <= int(value) <= most:
             raise ValueError(f"subsets must be 1..{most} ({self.points_config.n_points} points, "
-                             f"{n_graph} per subset), got {value}")
+                             f"{self._subset_step} per subset), got {value}")
         self._subsets = int(value)
-        self._subset_step = n_graph
 
     @property
     def min_points(self) -> int:

@@ -131,6 +131,15 @@ class PosePipeline:
         return PipelineResult(tracked, ended, instances, skipped, timings)
 
 
+def set_pose_subsets(estimator, subsets: int) -> None:
+    """``estimator.subsets`` under the name users set it by (node parameter, build_pipeline
+    argument): an out-of-range value raises ValueError starting ``pose_subsets:``."""
+    try:
+        estimator.subsets = subsets
+    except ValueError as err:
+        raise ValueError(f"pose_subsets: {err}") from err
+
+
 def build_pipeline(
     pose_model: str | Path,
     segmenter_weights: str | Path,
@@ -157,10 +166,7 @@ def build_pipeline(
     from clipose_ros.core.segmentation import YoloSegmenter
 
     estimator = CliposeEstimator(str(pose_model), device=device, seed=seed, mug_handle=mug_handle)
-    try:
-        estimator.subsets = pose_subsets
-    except ValueError as err:
-        raise ValueError(f"pose_subsets: {err}") from err
+    set_pose_subsets(estimator, pose_subsets)
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,
         min_mask_area=min_mask_area, threads=threads,

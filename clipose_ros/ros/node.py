@@ -34,7 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
-from clipose_ros.core.pipeline import PosePipeline, build_pipeline
+from clipose_ros.core.pipeline import PosePipeline, build_pipeline, set_pose_subsets
 from clipose_ros.core.visualize import draw_overlay
 from clipose_ros.ros import convert as rc
 from clipose_ros.ros.parameters import (
@@ -220,10 +220,7 @@ class PoseNode(Node):
         (tests inject some) have neither. An out-of-range ``pose_subsets`` raises ValueError."""
         estimator = self.pipeline.estimator
         if hasattr(estimator, "mug_handle"):
-            try:
-                estimator.subsets = config.pose_subsets
-            except ValueError as err:
-                raise ValueError(f"pose_subsets: {err}") from err
+            set_pose_subsets(estimator, config.pose_subsets)
             estimator.mug_handle = config.mug_handle
 
     def _on_set_parameters(self, params) -> SetParametersResult:
