@@ -9,7 +9,7 @@ import pytest
 from clipose_ros.categories import CLASS_IDS
 from clipose_ros.core.boxes import object_box
 from clipose_ros.core.pipeline import PosePipeline
-from clipose_ros.core.scoring import score_frame, summarise
+from clipose_ros.core.scoring import per_class_line, score_frame, summarise
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.core.tracking import PoseTracker, TrackerConfig
 from clipose_ros.core.visualize import draw_overlay
@@ -208,6 +208,10 @@ def test_score_frame_pairs_by_class_and_distance_and_scores_symmetry():
         np.degrees(1.0))
     s = summarise([{"matches": matches}], 10.0, 5.0)
     assert s["found_fraction"] == pytest.approx(2 / 3)
+    # Per class: mug 2 has no mug prediction (not detected); both detected ones are found.
+    assert s["per_class"]["mug"] == {"objects": 2, "detected": 0.5, "found": 0.5}
+    assert s["per_class"]["can"] == {"objects": 1, "detected": 1.0, "found": 1.0}
+    assert per_class_line(s["per_class"]) == "can 100/100, mug 50/50"
     assert s["objects_with_one_id"] == 2 and s["objects_with_changing_id"] == 0
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipose_ros.core.scoring import summarise
+from clipose_ros.core.scoring import per_class_line, summarise
 from clipose_ros.ros import processes
 from clipose_ros.ros.entry_points import require_ros
 from clipose_ros.ros.parameters import SENSOR_CHOICES
@@ -134,6 +134,7 @@ def print_summary(summary: dict, cfg: DemoConfig) -> None:
         f"{summary['translation_error_cm_median']:.2f} cm; ids: "
         f"{summary['objects_with_one_id']} objects kept one id, "
         f"{summary['objects_with_changing_id']} changed\n"
+        f"  per class (detected / found %): {per_class_line(summary['per_class'])}\n"
         f"  wrote {cfg.out / 'summary.json'} and {len(summary['overlays'])} overlays "
         f"({cfg.out}/overlay_*.png)"
     )
