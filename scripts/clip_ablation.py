@@ -15,8 +15,9 @@ on ``--test-data``; its training cost (s per epoch, peak memory) comes from its 
 
 Outputs in ``--out``: one folder per run (``<setting>_<arm>``: the clipose-train run, ``pose.pt``,
 ``eval/``), ``ablation.json``, ``ablation.md`` (the README table) and ``ablation.png``.
-Runs already finished (``pose.pt`` and ``eval/metrics.json`` present) are not repeated, so the
-command can be re-run after an interruption.
+Re-running the command after an interruption goes on where it stopped: finished runs are not
+repeated, a training with ``checkpoints/last.pt`` resumes from it, a finished training is only
+exported and scored (``remaining_steps``).
 
     .venv/bin/python scripts/clip_ablation.py --data data/synth_v2/train \\
         --test-data data/synth_v2/test --out runs/ablation --epochs-full 2 --epochs-scarce 10
@@ -82,22 +83,32 @@ def prepare_setting(
 
 def run_command(cmd: list[str], log_file: Path) -> subprocess.Popen:
     log.info("start: %s (log %s)", " ".join(cmd), log_file)
-    with log_file.open("w") as out:  # the child keeps its own copy of the descriptor
+    with log_file.open("a") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
-def train_export_eval(job: dict, test_data: Path) -> list[list[str]]:
-    """The three commands of one run, in order."""
+def remaining_steps(job: dict, test_data: Path) -> list[tuple[str, list[str]]]:
+    """The (name, command) steps a run still needs, so that an interrupted ablation goes on
+    where it stopped: a training with a ``last.pt`` but no ``final.pt`` resumes from it (full-data
+    arms take hours here and cross sessions), a finished training is only exported and scored."""
     run = job["run"]
     py = sys.executable
-    final, pose = str(run / "checkpoints" / "final.pt"), str(run / "pose.pt")
-    return [
-        [py, "-m", "clipose_ros.tools.train", "--out", str(run), "--no-progress",
-         *job["train_args"]],
-        [py, "-m", "clipose_ros.model.export", "--checkpoint", final, "--out", pose],
-        [py, "-m", "clipose_ros.tools.evaluate", "--estimator", "clipose", "--model", pose,
-         "--data", str(test_data), "--out", str(run / "eval")],
-    ]  # fmt: skip
+    final, last = run / "checkpoints" / "final.pt", run / "checkpoints" / "last.pt"
+    pose = run / "pose.pt"
+    train = [py, "-m", "clipose_ros.tools.train", "--out", str(run), "--no-progress",
+             *job["train_args"]]  # fmt: skip
+    if last.is_file():
+        train += ["--resume", str(last)]
+    export = [py, "-m", "clipose_ros.model.export", "--checkpoint", str(final), "--out", str(pose)]
+    evaluate = [py, "-m", "clipose_ros.tools.evaluate", "--estimator", "clipose", "--model",
+                str(pose), "--data", str(test_data), "--out", str(run / "eval")]  # fmt: skip
+    if (run / "eval" / "metrics.json").is_file():
+        return []
+    if pose.is_file():
+        return [("eval", evaluate)]
+    if final.is_file():
+        return [("export", export), ("eval", evaluate)]
+    return [("train", train), ("export", export), ("eval", evaluate)]
 
 
 def summarise(job: dict) -> dict:
@@ -243,16 +254,16 @@ def main(argv: list[str] | None = None) -> None:
                     "seed": args.train_seed if args.train_seed is not None else seed,
                 }
             )
-    todo = [j for j in jobs if not (j["run"] / "eval" / "metrics.json").is_file()]
+    todo = [j for j in jobs if remaining_steps(j, args.test_data)]
     log.info("%d runs, %d to do, %d at a time", len(jobs), len(todo), args.parallel)
-    running: list[tuple[dict, list[list[str]], subprocess.Popen]] = []
+    running: list[tuple[dict, list[tuple[str, list[str]]], subprocess.Popen]] = []
     t0 = time.monotonic()
     while todo or running:
         while todo and len(running) < args.parallel:
             job = todo.pop(0)
             job["run"].mkdir(parents=True, exist_ok=True)
-            steps = train_export_eval(job, args.test_data)
-            running.append((job, steps[1:], run_command(steps[0], job["run"] / "step_0.log")))
+            (name, cmd), *rest = remaining_steps(job, args.test_data)
+            running.append((job, rest, run_command(cmd, job["run"] / f"{name}.out")))
         time.sleep(5)
         for entry in list(running):
             job, rest, proc = entry
@@ -263,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
                 log.error("%s failed (exit %d): see %s", job["run"], proc.returncode, job["run"])
                 continue
             if rest:
-                n = 3 - len(rest)
-                running.append((job, rest[1:], run_command(rest[0], job["run"] / f"step_{n}.log")))
+                (name, cmd), *later = rest
+                running.append((job, later, run_command(cmd, job["run"] / f"{name}.out")))
             else:
                 log.info("%s done (%.0f min so far)", job["run"].name, (time.monotonic() - t0) / 60)
     rows = [summarise(j) for j in finished_runs(args.out, jobs, seed)]
