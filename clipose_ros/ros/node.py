@@ -123,10 +123,7 @@ class PoseNode(Node):
         self.warn = WarningThrottle(self.get_logger(), p.warn_throttle)
         self.pipeline = self._pipeline(pipeline)
         warm_ms = self.pipeline.warm_up()
-        self.pipeline.min_score = p.score_threshold
-        self.pipeline.min_points = p.min_points
-        self._set_estimator_options(p)
-        self.pipeline.tracker.config = tracker_config(p)
+        self._apply_settings(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_statistics()
         self._init_topics()
@@ -215,33 +212,34 @@ class PoseNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self.send_tf = rc.make_transform_broadcaster(self)
 
-    def _set_estimator_options(self, config: PoseNodeConfig) -> None:
-        """Handle search and point subsets are the CLIPose estimator's; other estimators
-        (tests inject some) have neither. An out-of-range ``pose_subsets`` raises ValueError."""
+    def _apply_settings(self, config: PoseNodeConfig) -> None:
+        """The one place the settings that may change while running reach the pipeline: at
+        start (also into an injected pipeline) and on every parameter change. Everything is
+        checked before anything changes, so a ValueError (tracking, frame prefix or an
+        out-of-range ``pose_subsets``) leaves the running settings as they were."""
+        tracker = tracker_config(config)
+        check_frame_prefix(config.frame_prefix)
         estimator = self.pipeline.estimator
-        if hasattr(estimator, "mug_handle"):
+        if hasattr(estimator, "mug_handle"):  # the CLIPose estimator's; test doubles lack them
             set_pose_subsets(estimator, config.pose_subsets)
             estimator.mug_handle = config.mug_handle
+        self.config = config
+        self.pipeline.min_score = config.score_threshold
+        self.pipeline.min_points = config.min_points
+        self.pipeline.tracker.config = tracker
+        self.warn.period = config.warn_throttle
+        segmenter = self.pipeline.segmenter
+        if hasattr(segmenter, "score_threshold"):
+            segmenter.score_threshold = config.score_threshold
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""
         own = {f.name for f in dataclasses.fields(PoseNodeConfig)}
+        new = dataclasses.replace(self.config, **{p.name: p.value for p in params if p.name in own})
         try:
-            new = dataclasses.replace(
-                self.config, **{p.name: p.value for p in params if p.name in own})
-            tracker = tracker_config(new)
-            check_frame_prefix(new.frame_prefix)
-            self._set_estimator_options(new)
+            self._apply_settings(new)
         except ValueError as err:
             return SetParametersResult(successful=False, reason=str(err))
-        self.config = new
-        self.pipeline.min_score = new.score_threshold
-        self.pipeline.min_points = new.min_points
-        self.pipeline.tracker.config = tracker
-        self.warn.period = new.warn_throttle
-        segmenter = self.pipeline.segmenter
-        if hasattr(segmenter, "score_threshold"):
-            segmenter.score_threshold = new.score_threshold
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
