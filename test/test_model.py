@@ -20,7 +20,13 @@ SMALL = NetConfig(
 )
 POINTWISE = replace(SMALL, head="pointwise", norm=True, point_hidden=32, head_point_hidden=16)
 HYBRID = replace(POINTWISE, head="hybrid")
-LAYOUTS = {"pooled": SMALL, "pointwise": POINTWISE, "hybrid": HYBRID}
+HYBRID_POINT_NORM = replace(HYBRID, norm=False, point_norm=True)
+LAYOUTS = {
+    "pooled": SMALL,
+    "pointwise": POINTWISE,
+    "hybrid": HYBRID,
+    "hybrid_point_norm": HYBRID_POINT_NORM,
+}
 ALL_TERMS = LossWeights(orthogonality=1.0, point_matching=2.0)
 
 
@@ -269,3 +275,16 @@ def test_checkpoints_from_before_the_head_layouts_still_load():
     fresh.load_state_dict(old_style)
     for k, v in net.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
+
+
+def test_point_norm_normalises_the_per_point_stage_and_leaves_the_encoder_plain():
+    """``point_norm`` is BatchNorm for the rotation's per-point features only: the encoder
+    features the pooled translation reads stay as without it (``norm`` puts it in both)."""
+
+    def normalised(cfg: NetConfig) -> list[str]:
+        net = PoseNet(cfg)
+        return [n for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm1d)]
+
+    assert normalised(HYBRID_POINT_NORM) == ["heads.shared.0.1.norm", "heads.shared.1.1.norm"]
+    assert {"norm1.norm", "norm2.norm", "norm3.norm"} <= set(normalised(HYBRID))
+    assert normalised(replace(HYBRID, norm=False)) == []
