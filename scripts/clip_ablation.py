@@ -92,6 +92,8 @@ def remaining_steps(job: dict, test_data: Path) -> list[tuple[str, list[str]]]:
     where it stopped: a training with a ``last.pt`` but no ``final.pt`` resumes from it (full-data
     arms take hours here and cross sessions), a finished training is only exported and scored."""
     run = job["run"]
+    if (run / "eval" / "metrics.json").is_file():
+        return []
     py = sys.executable
     final, last = run / "checkpoints" / "final.pt", run / "checkpoints" / "last.pt"
     pose = run / "pose.pt"
@@ -102,8 +104,6 @@ def remaining_steps(job: dict, test_data: Path) -> list[tuple[str, list[str]]]:
     export = [py, "-m", "clipose_ros.model.export", "--checkpoint", str(final), "--out", str(pose)]
     evaluate = [py, "-m", "clipose_ros.tools.evaluate", "--estimator", "clipose", "--model",
                 str(pose), "--data", str(test_data), "--out", str(run / "eval")]  # fmt: skip
-    if (run / "eval" / "metrics.json").is_file():
-        return []
     if pose.is_file():
         return [("eval", evaluate)]
     if final.is_file():

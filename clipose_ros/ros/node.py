@@ -122,8 +122,8 @@ class PoseNode(Node):
         check_frame_prefix(p.frame_prefix)
         self.warn = WarningThrottle(self.get_logger(), p.warn_throttle)
         self.pipeline = self._pipeline(pipeline)
+        self._apply_settings(p)  # before the warm-up, so that it runs what the frames will
         warm_ms = self.pipeline.warm_up()
-        self._apply_settings(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_statistics()
         self._init_topics()
@@ -156,11 +156,10 @@ class PoseNode(Node):
         pose_model = resolve_model_path(p.pose_model)
         weights = resolve_model_path(p.segmenter_weights)
         self.model_files = {"pose_model": str(pose_model), "segmenter_weights": str(weights)}
+        # what can change while running is set by _apply_settings, for this and injected ones
         return build_pipeline(
             pose_model, weights, device=self.device, imgsz=p.imgsz,
-            score_threshold=p.score_threshold, min_mask_area=p.min_mask_area,
-            min_points=p.min_points, tracker=tracker_config(p), seed=p.seed,
-            threads=p.num_threads or None, mug_handle=p.mug_handle, pose_subsets=p.pose_subsets,
+            min_mask_area=p.min_mask_area, seed=p.seed, threads=p.num_threads or None,
         )
 
     def _init_statistics(self) -> None:
