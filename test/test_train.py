@@ -159,7 +159,8 @@ def test_typed_config_refuses_typos_and_wrong_types_and_round_trips():
 
     cfg = TrainConfig.from_dict(load_config(None, ["optim.lr=1e-4", "train.max_minutes=3"]))
     assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.train.max_minutes, float)
-    assert cfg.net.head == "pooled" and not cfg.augment.ray_roll and cfg.augment.mask_erosion
+    assert cfg.net.head == "hybrid" and cfg.net.point_norm and not cfg.net.norm
+    assert not cfg.augment.ray_roll and cfg.augment.mask_erosion
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     bad_type = load_config(None, ["train.epochs=three"])
     with pytest.raises(ConfigError, match=r"train\.epochs = 'three': expected int"):
