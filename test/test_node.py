@@ -266,7 +266,9 @@ def test_end_to_end_with_the_shipped_models(shipped):
     print("shipped models end to end:", {k: v for k, v in summary.items() if k != "per_class"})
     # Measured here on the camera's default structured-light frames with the COCO-based
     # segmenter (yoloseg_coco_nocs, chosen for real frames): 57 % of objects detected with the
-    # right class within 10 cm, 51 % within 10 deg and 5 cm, median 2.4 deg / 1.4 cm. The
+    # right class within 10 cm, 45 % within 10 deg and 5 cm, median 2.0 deg / 0.70 cm (the same
+    # in two runs, 2026-12-04; the previous pose file: 51 %, 2.4 deg / 1.4 cm; one bottle with
+    # a third of its mask is what the two files differ by). The
     # from-scratch segmenter, trained on such frames only, gave 73 % and 71 % here but finds
     # nothing in real frames.
     assert summary["paired_fraction"] >= 0.5, summary
@@ -275,8 +277,8 @@ def test_end_to_end_with_the_shipped_models(shipped):
     assert summary["rotation_error_deg_median"] < 10.0, summary
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped models find 51 % of the objects within "
-                   "10 deg and 5 cm here, of 57 % detected at all (measured 2026-12-03 with "
+@pytest.mark.xfail(strict=True, reason="the shipped models find 45 % of the objects within "
+                   "10 deg and 5 cm here, of 57 % detected at all (measured 2026-12-04 with "
                    "the handle search and 2 point subsets): the segmenter is the limit (model "
                    "cards); the issue's bar is 90 %. Remove this mark when the models reach it.")
 def test_shipped_models_meet_the_issues_bar(shipped):
