@@ -51,6 +51,7 @@ from clipose_ros.data import sensor as sensor_module
 from clipose_ros.data.render import (
     Light,
     RenderObject,
+    RenderOutput,
     add_depth_noise,
     fast_normal,
     render,
@@ -412,11 +413,46 @@ def render_frame(
     ``fixtures`` (room scenes) replace the plain table. ``debug`` adds ``frame["debug"]``: the
     ideal depth and colour, the object index per pixel and the surface kind per object index
     (``category`` names, ``distractor``, and the fixture kinds), for measuring realism.
+    The random draws keep one order (camera, distractor looks, light, background, sensor), so
+    that a seed gives the same frame as before this function was split up.
     """
     K = np.asarray(cfg.intrinsics)
     preset = cfg.sensor_preset()
     R_wc, eye = _camera_pose(cfg, placed, rng)
-    R_cw = R_wc.T
+    objects, kinds = _scene_objects(placed, distractors, table, fixtures, R_wc.T, eye, rng)
+    light, background = _scene_light(R_wc.T, rooms=fixtures is not None, rng=rng)
+    antialias = preset is not None and "antialias" in preset.effects
+    out = render(objects, K, cfg.height, cfg.width, light, background,
+                 aa_samples=preset.colour.aa_samples if antialias else 0,
+                 surface_info=preset is not None or debug)
+    mask, coord, instances = _instance_labels(cfg, placed, objects, out)
+    rgb, depth, record = _sensor_images(cfg, preset, out, K, rng)
+    shape = (cfg.height, cfg.width)
+    frame = dict(
+        rgb=rgb, depth=depth, mask=mask.reshape(shape),
+        coord=coord.reshape(*shape, 3), instances=instances, K=K,
+    )
+    if record is not None:
+        frame["sensor"] = record
+    if debug:
+        frame["debug"] = dict(
+            ideal_depth=out.depth, ideal_rgb=out.rgb, object_index=out.object_index,
+            kinds=kinds, albedo=out.albedo, gloss=out.gloss, normal=out.normal,
+        )
+    return frame
+
+
+def _scene_objects(
+    placed: list[PlacedObject],
+    distractors: list,
+    table: dict,
+    fixtures: list[Fixture] | None,
+    R_cw: np.ndarray,
+    eye: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[list[RenderObject], list[str]]:
+    """Everything to render, in the camera frame, and its surface kind. The category objects
+    come first, so that their render index is their index in ``placed``."""
 
     def to_camera(R_w: np.ndarray, t_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return R_cw @ R_w, R_cw @ (t_w - eye)
@@ -444,20 +480,29 @@ def render_frame(
         R, t = to_camera(f.R_world, f.t_world)
         objects.append(RenderObject(f.mesh, R, t, 1.0, **f.style))
         kinds.append(f.kind)
+    return objects, kinds
 
+
+def _scene_light(
+    R_cw: np.ndarray, rooms: bool, rng: np.random.Generator
+) -> tuple[Light, tuple[np.ndarray, np.ndarray]]:
+    """A random key light (camera frame) and background gradient colours."""
     light_world = np.array([rng.uniform(-1, 1), rng.uniform(1, 2.5), rng.uniform(-1, 1)])
-    if fixtures is None:
+    if not rooms:
         light = Light(R_cw @ light_world, ambient=rng.uniform(0.25, 0.5),
                       diffuse=rng.uniform(0.5, 0.9))
     else:  # rooms: more diffuse light (walls and ceiling bounce it), softer shadows
         light = Light(R_cw @ light_world, ambient=rng.uniform(0.4, 0.6),
                       diffuse=rng.uniform(0.35, 0.6))
     background = (_random_color(rng, (0.0, 0.3)), _random_color(rng, (0.0, 0.3)))
-    antialias = preset is not None and "antialias" in preset.effects
-    out = render(objects, K, cfg.height, cfg.width, light, background,
-                 aa_samples=preset.colour.aa_samples if antialias else 0,
-                 surface_info=preset is not None or debug)
+    return light, background
 
+
+def _instance_labels(
+    cfg: SynthConfig, placed: list[PlacedObject], objects: list[RenderObject], out: RenderOutput
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Instance mask, NOCS coordinate map (flat, one row per pixel) and per-instance labels of
+    the objects seen by at least ``cfg.min_visible_pixels`` pixels."""
     width = cfg.width
     mask = np.full(cfg.height * width, nf.BACKGROUND_ID, dtype=np.uint8)
     coord = np.zeros((cfg.height * width, 3), dtype=np.float32)
@@ -497,33 +542,31 @@ def render_frame(
                 visible_pixels=count,
             )
         )
-    record = None
+    return mask, coord, instances
+
+
+def _sensor_images(
+    cfg: SynthConfig,
+    preset: sensor_module.SensorPreset | None,
+    out: RenderOutput,
+    K: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """The camera's colour and depth images from the ideal render: the sensor preset's effects,
+    or (no preset) the original Gaussian noise; plus the preset's record of what it did."""
     if preset is None:
         depth = add_depth_noise(out.depth, rng) if cfg.depth_noise else out.depth
         rgb = fast_normal(rng, out.rgb.shape)
         rgb *= RGB_NOISE_SIGMA
         rgb += out.rgb
         np.clip(rgb, 0, 255, out=rgb)
-        rgb = rgb.astype(np.uint8)
-    else:
-        # One draw per frame, whatever the effects: switching an effect changes nothing else.
-        seed = int(rng.integers(2**63))
-        depth, record = sensor_module.apply_depth_sensor(
-            preset, out.depth, K, out.albedo, out.gloss, out.normal, seed)
-        rgb = sensor_module.apply_colour_camera(preset, out.rgb, seed)
-    shape = (cfg.height, width)
-    frame = dict(
-        rgb=rgb, depth=depth, mask=mask.reshape(shape),
-        coord=coord.reshape(*shape, 3), instances=instances, K=K,
-    )
-    if record is not None:
-        frame["sensor"] = record
-    if debug:
-        frame["debug"] = dict(
-            ideal_depth=out.depth, ideal_rgb=out.rgb, object_index=out.object_index,
-            kinds=kinds, albedo=out.albedo, gloss=out.gloss, normal=out.normal,
-        )
-    return frame
+        return rgb.astype(np.uint8), depth, None
+    # One draw per frame, whatever the effects: switching an effect changes nothing else.
+    seed = int(rng.integers(2**63))
+    depth, record = sensor_module.apply_depth_sensor(
+        preset, out.depth, K, out.albedo, out.gloss, out.normal, seed)
+    rgb = sensor_module.apply_colour_camera(preset, out.rgb, seed)
+    return rgb, depth, record
 
 
 def write_frame(prefix: Path, frame: dict) -> None:
