@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
+from clipose_ros.core.border_fit import cut_sides, fit_to_far_side
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import (
@@ -126,6 +127,11 @@ class CliposeEstimator:
     its depth points (``core/mug_handle.py``); the network alone places handles poorly.
     ``handle_seen`` of the last call says, per returned pose, whether that happened.
 
+    ``border_fit``: for an object whose mask the image border cuts, move the box towards the
+    cut until the points on the far side reach it (``core/border_fit.py``); the network does
+    not know the object is cut and centres it on the part it sees. ``border_moved`` of the
+    last call holds, per returned pose, how far the box moved (metres; 0 where it did not).
+
     ``subsets``: the encoder reads the first ``n_graph`` of the points (a random subset); with
     ``subsets`` > 1 the network also runs on the next disjoint subsets (one batch) and the poses
     are averaged (:func:`average_poses`), for less sampling noise at that multiple of the cost.
@@ -140,6 +146,7 @@ class CliposeEstimator:
         seed: int = 0,
         mug_handle: bool = True,
         subsets: int = 2,
+        border_fit: bool = True,
     ) -> None:
         import torch
 
@@ -151,6 +158,7 @@ class CliposeEstimator:
         self._setup(module, meta, device, seed)
         self.model_path = str(model_path)
         self.mug_handle = bool(mug_handle)
+        self.border_fit = bool(border_fit)
         self.subsets = subsets
 
     @classmethod
@@ -162,6 +170,7 @@ class CliposeEstimator:
         self._setup(module, {"points": points_config.to_dict()}, device, seed)
         self.model_path = ""
         self.mug_handle = False  # validation scores the network itself
+        self.border_fit = False
         self.subsets = 1
         return self
 
@@ -231,6 +240,7 @@ class CliposeEstimator:
         mid = time.perf_counter()
         poses: list[ObjectPose] = []
         self.handle_seen = []
+        self.border_moved = []
         if kept:
             class_ids = [instances[i].class_id for i in kept]
             k = self.subsets
@@ -253,12 +263,16 @@ class CliposeEstimator:
                 if self.mug_handle and inst.class_id == CLASS_IDS["mug"]:
                     rot, seen = turn_to_handle(clouds[j], R[j], t[j], size[j])
                 self.handle_seen.append(seen)
+                centre = t[j]
+                if self.border_fit:
+                    centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cut_sides(inst.mask))
+                self.border_moved.append(float(np.linalg.norm(centre - t[j])))
                 poses.append(
                     ObjectPose(
                         class_id=inst.class_id,
                         score=inst.score,
                         R=rot,
-                        t=t[j],
+                        t=centre,
                         size=size[j],
                         bbox=np.asarray(inst.bbox),
                     )

@@ -222,6 +222,7 @@ class PoseNode(Node):
         if hasattr(estimator, "mug_handle"):  # the CLIPose estimator's; test doubles lack them
             set_pose_subsets(estimator, config.pose_subsets)
             estimator.mug_handle = config.mug_handle
+            estimator.border_fit = config.border_fit
         self.config = config
         self.pipeline.min_score = config.score_threshold
         self.pipeline.min_points = config.min_points

@@ -88,6 +88,9 @@ class PoseNodeConfig:
         "poses averaged (1: once; 2: about 2x the pose time, more accurate)", 1, 8)
     mug_handle: bool = param(True, "Turn each mug's pose about its up axis to the handle found "
         "in its depth points (the network alone often misplaces the handle)")
+    border_fit: bool = param(True, "For an object the image border cuts, move its box towards "
+        "the cut until the points on its far side reach the box (the network centres it on the "
+        "part it sees)")
     track_match_distance: float = param(0.1, "Largest centre jump (m) between frames for one "
         "object", 0.001, 5.0)
     track_max_missed: int = param(5, "Frames an object may go unseen and keep its id", 0, 10_000)

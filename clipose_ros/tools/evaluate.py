@@ -195,7 +195,7 @@ def run_evaluation(
 
 def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None,
                     model: Path | None = None, mug_handle: bool = True,
-                    subsets: int = 2) -> PoseEstimator:
+                    subsets: int = 2, border_fit: bool = True) -> PoseEstimator:
     if name == "nocs-map":
         path = mug_meta or (find_mug_meta(data) if data is not None else None)
         if path is None:
@@ -205,7 +205,8 @@ def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None =
     if name == "clipose":
         if model is None:
             raise ValueError("--estimator clipose needs --model PATH (e.g. models/clipose_pose.pt)")
-        return CliposeEstimator(str(model), mug_handle=mug_handle, subsets=subsets)
+        return CliposeEstimator(str(model), mug_handle=mug_handle, subsets=subsets,
+                                border_fit=border_fit)
     raise ValueError(f"unknown estimator {name!r} (available: nocs-map, clipose)")
 
 
@@ -225,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-mug-handle", action="store_true",
         help="clipose: keep the network's mug rotation (no handle search in the depth points)",
+    )
+    parser.add_argument(
+        "--no-border-fit", action="store_true",
+        help="clipose: keep the network's centre for objects the image border cuts (no fit of "
+        "the box to their far side)",
     )
     parser.add_argument(
         "--subsets", type=int, default=2,
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         estimator = build_estimator(
             args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle,
-            args.subsets,
+            args.subsets, not args.no_border_fit,
         )
         masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
                                 imgsz=args.seg_imgsz)

@@ -945,7 +945,7 @@ def main(argv: list[str] | None = None) -> None:
             min_mask_area=node.min_mask_area, min_points=node.min_points,
             tracker=tracker_config(node),
             seed=node.seed, threads=args.threads or None, mug_handle=node.mug_handle,
-            pose_subsets=node.pose_subsets,
+            pose_subsets=node.pose_subsets, border_fit=node.border_fit,
         )
     except RuntimeError as err:
         sys.exit(f"clipose-infer: {err}")
