@@ -4,7 +4,8 @@ For batch sizes 1, 4, 8, 16 (1028 points each): median milliseconds per call, ob
 second, and the peak extra memory of a call (CPU: growth of the resident set size, sampled
 every millisecond from ``/proc/self/statm``; CUDA: ``max_memory_allocated``).
 Also the points preparation (mask + depth -> points) per object, which runs before the model,
-and the mug handle search (``core/mug_handle.py``) that follows it for each mug.
+and the mug handle search (``core/mug_handle.py``) that follows it for each mug, and the fit of
+an object the image border cuts (``core/border_fit.py``).
 
     .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
+from clipose_ros.core.border_fit import cut_sides, fit_to_far_side
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.model.loader import load_pose_model
 from clipose_ros.points import PointsConfig, prepare_points
@@ -125,6 +127,22 @@ def bench_handle(repeats: int, count: int = 15000) -> float:
     return 1e3 * statistics.median(times)
 
 
+def bench_border_fit(repeats: int, count: int = 30000) -> float:
+    """Median ms of the border fit of one cut object: the mask's border test on a 640x480
+    mask and the fit on ``count`` points (a laptop at 0.8 m)."""
+    rng = np.random.default_rng(0)
+    points = rng.uniform([-0.1, -0.1, 0.7], [0.2, 0.05, 0.9], size=(count, 3))
+    mask = np.zeros((480, 640), dtype=bool)
+    mask[200:400, 450:] = True  # cut on the right
+    R, t, size = np.eye(3), np.array([0.02, -0.02, 0.8]), np.array([0.34, 0.2, 0.3])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit_to_far_side(points, R, t, size, cut_sides(mask))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
@@ -147,9 +165,11 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     points_ms = bench_points(args.repeats)
     handle_ms = bench_handle(args.repeats)
+    border_ms = bench_border_fit(args.repeats)
     load = os.getloadavg()[0]
     print(f"prepare_points: {points_ms:.2f} ms per object (640x480 frame, 18000-pixel mask)")
     print(f"mug handle search: {handle_ms:.2f} ms per mug (15000 points)")
+    print(f"border fit: {border_ms:.2f} ms per cut object (30000 points, 640x480 mask)")
     print(f"torch {torch.__version__}, {args.threads} threads, load average {load:.1f}")
     print("| device | batch | median ms | objects/s | peak extra MB |")
     print("|---|---|---|---|---|")
@@ -165,6 +185,7 @@ def main() -> None:
                     "rows": rows,
                     "prepare_points_ms": points_ms,
                     "mug_handle_ms": handle_ms,
+                    "border_fit_ms": border_ms,
                     "threads": args.threads,
                     "load_average": load,
                 },
