@@ -15,7 +15,8 @@ H, W = 480, 640
 
 def _visible_box_points(R, t, size, n=40_000, seed=0):
     """Points on the box's faces that project inside the image (no self-occlusion model: the
-    far-end face is what matters here), and the mask they cover."""
+    far-end face is what matters here), the mask they cover and their depth image (nearest
+    point per pixel, 0 elsewhere)."""
     rng = np.random.default_rng(seed)
     local = rng.uniform(-0.5, 0.5, size=(n, 3))
     face = rng.integers(0, 3, size=n)
@@ -24,9 +25,13 @@ def _visible_box_points(R, t, size, n=40_000, seed=0):
     uvw = points @ K.T
     u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    rows, cols = v[inside].astype(int), u[inside].astype(int)
     mask = np.zeros((H, W), dtype=bool)
-    mask[v[inside].astype(int), u[inside].astype(int)] = True
-    return points[inside], mask
+    mask[rows, cols] = True
+    depth = np.full((H, W), np.inf, dtype=np.float32)
+    np.minimum.at(depth, (rows, cols), points[inside, 2].astype(np.float32))
+    depth[~mask] = 0.0
+    return points[inside], mask, depth
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def laptop_cut_on_the_right():
     R = rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.radians(25.0))
     size = np.array([0.30, 0.20, 0.34])
     t = np.array([0.42, 0.05, 0.9])  # its right part is beyond the image's right border
-    points, mask = _visible_box_points(R, t, size)
+    points, mask, _ = _visible_box_points(R, t, size)
     return R, t, size, points, mask
 
 
@@ -81,7 +86,7 @@ def test_nothing_moves_without_a_cut_or_when_the_far_end_is_reached(laptop_cut_o
 def test_a_bottom_cut_moves_the_box_down(laptop_cut_on_the_right):
     R, _, size, *_ = laptop_cut_on_the_right
     t_true = np.array([0.0, 0.33, 0.8])  # the lower part below the image
-    points, mask = _visible_box_points(R, t_true, size, seed=1)
+    points, mask, _ = _visible_box_points(R, t_true, size, seed=1)
     assert cut_sides(mask).tolist() == [False, False, False, True]
     pulled = t_true - np.array([0.0, 0.06, 0.0])
     fitted = fit_to_far_side(points, R, pulled, size, cut_sides(mask))
@@ -102,12 +107,7 @@ def test_the_estimator_moves_only_the_centre_and_only_of_cut_objects(laptop_cut_
     model = Path(__file__).resolve().parents[1] / "models" / "clipose_pose.pt"
     frames = []
     for centre in (t, t - np.array([0.3, 0.0, 0.0])):  # cut on the right; in full view
-        points, mask = _visible_box_points(R, centre, size)
-        uvw = points @ K.T
-        u, v = (uvw[:, 0] / uvw[:, 2]).astype(int), (uvw[:, 1] / uvw[:, 2]).astype(int)
-        depth = np.full((H, W), np.inf, dtype=np.float32)
-        np.minimum.at(depth, (v, u), points[:, 2].astype(np.float32))
-        depth[~np.isfinite(depth)] = 0.0
+        _, mask, depth = _visible_box_points(R, centre, size)
         ys, xs = np.nonzero(mask)
         inst = Instance(CLASS_IDS["laptop"], 1.0, mask, np.array([ys.min(), xs.min(), ys.max(),
                                                                   xs.max()]))

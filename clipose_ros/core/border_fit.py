@@ -44,15 +44,16 @@ def fit_to_far_side(
     reach the box face on the far side (the face whose normal is nearest the far direction,
     within 55°); ``t`` itself when nothing is cut, when the cuts cancel (left and right only),
     or when the points already reach that face. Never moves the box away from the cut."""
+    t = np.asarray(t, dtype=float)
     towards_cut = cut.astype(float) @ _SIDE_DIRECTIONS
     norm = np.linalg.norm(towards_cut)
     if norm == 0.0:
-        return np.asarray(t, dtype=float)
+        return t
     far = R.T @ (-towards_cut / norm)  # the far side, in the object frame
     axis = int(np.argmax(np.abs(far)))
     sign = float(np.sign(far[axis]))
     reach = np.max(sign * ((points - t) @ R[:, axis]))
     gap = size[axis] / 2.0 - reach
     if gap <= 0.0:
-        return np.asarray(t, dtype=float)
-    return np.asarray(t, dtype=float) - gap * sign * R[:, axis]
+        return t
+    return t - gap * sign * R[:, axis]

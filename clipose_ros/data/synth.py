@@ -419,8 +419,9 @@ def render_frame(
     K = np.asarray(cfg.intrinsics)
     preset = cfg.sensor_preset()
     R_wc, eye = _camera_pose(cfg, placed, rng)
-    objects, kinds = _scene_objects(placed, distractors, table, fixtures, R_wc.T, eye, rng)
-    light, background = _scene_light(R_wc.T, rooms=fixtures is not None, rng=rng)
+    R_cw = R_wc.T
+    objects, kinds = _scene_objects(placed, distractors, table, fixtures, R_cw, eye, rng)
+    light, background = _scene_light(R_cw, rooms=fixtures is not None, rng=rng)
     antialias = preset is not None and "antialias" in preset.effects
     out = render(objects, K, cfg.height, cfg.width, light, background,
                  aa_samples=preset.colour.aa_samples if antialias else 0,
