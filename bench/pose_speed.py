@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
-from clipose_ros.core.border_fit import cut_sides, fit_to_far_side
+from clipose_ros.core.border_fit import fit_to_far_side
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.model.loader import load_pose_model
-from clipose_ros.points import PointsConfig, prepare_points
+from clipose_ros.points import PointsConfig, cut_sides, prepare_points
 
 
 def rss_bytes() -> int:

@@ -96,6 +96,34 @@ def reject_outliers(points: np.ndarray, factor: float, floor_m: float) -> np.nda
     return points[keep]
 
 
+# Image sides, in the order of ``cut_sides``: left, right, top, bottom, as camera-frame
+# directions (OpenCV: x right, y down).
+SIDE_DIRECTIONS = np.array([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def cut_sides(mask: np.ndarray, margin_px: int = 2) -> np.ndarray:
+    """(4,) bool: whether the mask reaches the left, right, top, bottom image border (within
+    ``margin_px`` pixels; a segmenter's mask may stop a pixel or two short of it)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return np.zeros(4, dtype=bool)
+    h, w = mask.shape
+    return np.array([
+        cols[0] <= margin_px,
+        cols[-1] >= w - 1 - margin_px,
+        rows[0] <= margin_px,
+        rows[-1] >= h - 1 - margin_px,
+    ])
+
+
+def cut_direction(cut: np.ndarray) -> np.ndarray:
+    """(3,) camera-frame direction towards the image border(s) that cut an object (the sum of
+    the cut sides' directions: zero when nothing is cut or when the cuts cancel). A pose
+    network with ``NetConfig.cut_input`` reads it: where the object goes on out of view."""
+    return np.asarray(cut, dtype=float) @ SIDE_DIRECTIONS
+
+
 class PreparedPoints(NamedTuple):
     """What :func:`prepare_points` gives: ``points`` (n_points, 3) float32 in the camera frame
     (from :func:`object_points`: all usable points, float64), or None when the instance has

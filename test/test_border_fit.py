@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipose_ros.core.border_fit import cut_sides, fit_to_far_side
+from clipose_ros.core.border_fit import fit_to_far_side
 from clipose_ros.geometry import rotation_about_axis
+from clipose_ros.points import cut_sides
 
 K = np.array([[577.5, 0.0, 319.5], [0.0, 577.5, 239.5], [0.0, 0.0, 1.0]])
 H, W = 480, 640

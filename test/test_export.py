@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,36 @@ def test_clipose_eval_with_the_exported_model(exported, tmp_path):
                 str(tmp_path / "nope.pt"),
             ]
         )
+
+
+def test_a_cut_aware_model_is_told_which_image_borders_cut_each_mask(tmp_path):
+    """``NetConfig.cut_input``: the exported file takes the cut direction, and the estimator
+    gives it the one of each mask (left border: -x; none: zero), in every point subset."""
+    torch.manual_seed(0)
+    net = PoseNet(replace(SMALL, cut_input=True)).eval()
+    with torch.no_grad():  # large condition weights, so that the cut visibly moves the box
+        net.heads.trunk[0].weight.normal_(0.0, 1.0)
+    path = tmp_path / "cut.pt"
+    meta = export_model(net, path, PointsConfig(), {"training_data": {"train": "unit test"}})
+    assert meta["net"]["cut_input"] is True and meta["parity_max_abs_diff"] <= 1e-4
+    depth = np.zeros((120, 160), np.float32)
+    depth[30:80, 0:50] = 0.7  # reaches the left border
+    depth[30:80, 90:140] = 0.7  # whole
+    frame = Frame(np.zeros((120, 160, 3), np.uint8), depth, CAMERA_INTRINSICS)
+    left, inner = np.zeros_like(depth, bool), np.zeros_like(depth, bool)
+    left[:, :60], inner[:, 60:] = depth[:, :60] > 0, depth[:, 60:] > 0
+    insts = [Instance(3, 0.9, left, np.array([30, 0, 80, 50])),
+             Instance(3, 0.9, inner, np.array([30, 90, 80, 140]))]
+    est = CliposeEstimator(str(path), subsets=2, mug_handle=False, border_fit=False)
+    assert est.cut_input
+    points, _ = est.prepare(frame, insts)
+    cut = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        first = net(torch.from_numpy(points), torch.tensor([3, 3]), cut)
+        second = net(torch.from_numpy(np.roll(points, -128, axis=1)), torch.tensor([3, 3]), cut)
+        uncut = net(torch.from_numpy(points), torch.tensor([3, 3]))
+    poses = est.estimate(frame, insts)
+    for j, pose in enumerate(poses):
+        np.testing.assert_allclose(pose.t, (first[1][j] + second[1][j]).numpy() / 2, atol=1e-5)
+    assert not torch.allclose(first[1][0], uncut[1][0], atol=1e-3)  # the cut changes the box
+    torch.testing.assert_close(first[1][1], uncut[1][1])  # no cut: as if none were given

@@ -16,9 +16,9 @@ from clipose_ros.data.augment import AugmentConfig
 from clipose_ros.data.dataset import NocsInstanceDataset, normalize_clip
 from clipose_ros.data.nocs_format import read_color, read_depth, read_mask
 from clipose_ros.data.synth import SynthConfig, generate
-from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
+from clipose_ros.geometry import backproject_pixels, rotation_angle_deg, valid_depth_pixels
 from clipose_ros.model.cache import CachedInstances, ensure_cache
-from clipose_ros.points import PointsConfig, prepare_points
+from clipose_ros.points import PointsConfig, cut_direction, cut_sides, prepare_points
 
 K = CAMERA_INTRINSICS
 
@@ -149,3 +149,35 @@ def test_points_config_from_dict_is_strict():
         PointsConfig.from_dict({"n_point": 512})
     with pytest.raises(ValueError, match="version 0"):
         PointsConfig.from_dict({**cfg.to_dict(), "version": 0})
+
+
+def test_cut_direction_points_to_the_cutting_borders():
+    depth, mask = plane()
+    assert not cut_sides(mask).any() and not cut_direction(cut_sides(mask)).any()
+    mask[50:60, :5] = True  # reaches the left border
+    np.testing.assert_array_equal(cut_direction(cut_sides(mask)), [-1.0, 0.0, 0.0])
+    mask[-3:, 80] = True  # and, within the 2-pixel margin, the bottom one
+    np.testing.assert_array_equal(cut_direction(cut_sides(mask)), [-1.0, 1.0, 0.0])
+    mask[50:60, -1] = True  # left and right cancel
+    np.testing.assert_array_equal(cut_direction(cut_sides(mask)), [0.0, 1.0, 0.0])
+
+
+def test_reader_and_cache_give_the_cut_direction_turned_with_the_points(synth, tmp_path):
+    """The cache stores each mask's cut sides (its crops do not show the frame's borders); the
+    rotation augmentations turn the direction with the points, the same way in both paths."""
+    cfg = PointsConfig()
+    aug = AugmentConfig(ray_roll=True, ray_roll_prob=1.0, pose_perturbation=True, pose_prob=1.0)
+    reader = NocsInstanceDataset(synth, augment=aug, load_rgb=False, points_config=cfg, seed=3)
+    cache = CachedInstances(ensure_cache(synth, tmp_path / "cache", cfg, progress=False),
+                            augment=aug, seed=3)
+    cut_seen = 0
+    for index in range(len(reader)):
+        sample, cached = reader[index], cache[index]
+        np.testing.assert_allclose(cached["cut_dir"].numpy(), sample["cut_dir"].numpy(), atol=1e-6)
+        lab = reader.instance_label(index)
+        whole = cut_direction(cut_sides(read_mask(lab["frame"]) == lab["instance_id"]))
+        turn = sample["R"].double().numpy() @ lab["R"].T  # what the augmentations did
+        assert rotation_angle_deg(turn, np.eye(3)) > 0.1
+        np.testing.assert_allclose(sample["cut_dir"].numpy(), turn @ whole, atol=1e-5)
+        cut_seen += bool(whole.any())
+    assert cut_seen > 0  # the fixture has objects cut by the border

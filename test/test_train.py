@@ -113,6 +113,21 @@ def test_resume_continues_from_the_same_step(data, tmp_path):
         assert torch.allclose(v, b["model"][k], atol=1e-6), k
 
 
+def test_a_cut_aware_network_trains_on_the_cut_directions_and_exports(data, tmp_path):
+    """``net.cut_input``: the batches carry each mask's cut direction into the network (its
+    condition weights for it get gradients and move) and the exported file takes it."""
+    cfg = small_config(data, epochs=1)
+    cfg["net"]["cut_input"] = True
+    train(copy.deepcopy(cfg), tmp_path / "run", progress=False)
+    final = tmp_path / "run" / "checkpoints" / "final.pt"
+    torch.manual_seed(cfg["train"]["seed"])
+    start = PoseNet(NetConfig.from_dict(cfg["net"])).heads.trunk[0].weight[:, -3:]
+    trained = weights(final)["heads.trunk.0.weight"][:, -3:]
+    assert (trained - start).abs().max() > 1e-3  # Adam steps, not only the weight decay
+    meta = export_checkpoint(final, tmp_path / "pose.pt")
+    assert meta["net"]["cut_input"] is True
+
+
 def test_bad_checkpoints_are_refused_with_the_file_name(data, tmp_path):
     cfg = small_config(data, epochs=1)
     train(copy.deepcopy(cfg), tmp_path / "run", progress=False)

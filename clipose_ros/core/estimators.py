@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
-from clipose_ros.core.border_fit import cut_sides, fit_to_far_side
+from clipose_ros.core.border_fit import fit_to_far_side
 from clipose_ros.core.mug_handle import turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import (
@@ -26,7 +26,13 @@ from clipose_ros.geometry import (
     rotation_from_y,
     valid_depth_pixels,
 )
-from clipose_ros.points import PointsConfig, object_points, sample_points
+from clipose_ros.points import (
+    PointsConfig,
+    cut_direction,
+    cut_sides,
+    object_points,
+    sample_points,
+)
 
 log = logging.getLogger("clipose.estimators")
 
@@ -167,7 +173,9 @@ class CliposeEstimator:
     ) -> CliposeEstimator:
         """An estimator around an in-memory module (``clipose-train`` validation)."""
         self = cls.__new__(cls)
-        self._setup(module, {"points": points_config.to_dict()}, device, seed)
+        net = getattr(module, "config", None)  # a PoseNet's NetConfig
+        meta = {"points": points_config.to_dict(), **({"net": net.to_dict()} if net else {})}
+        self._setup(module, meta, device, seed)
         self.model_path = ""
         self.mug_handle = False  # validation scores the network itself
         self.border_fit = False
@@ -183,6 +191,8 @@ class CliposeEstimator:
         # The encoder reads the first n_graph points: one point subset (meta of older files
         # and of from_module lack it: then the whole sample is one subset).
         self._subset_step = int(meta.get("net", {}).get("n_graph", self.points_config.n_points))
+        # a network that reads where the image border cuts the mask (NetConfig.cut_input)
+        self.cut_input = bool(meta.get("net", {}).get("cut_input", False))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handle_seen: list[bool] = []
 
@@ -248,10 +258,13 @@ class CliposeEstimator:
             batch = np.concatenate([np.roll(points, -j * self._subset_step, axis=1)
                                     for j in range(k)])
             cls = torch.tensor(class_ids * k, dtype=torch.int64)
+            cuts = [cut_sides(instances[i].mask) for i in kept]
+            inputs = [torch.from_numpy(batch).to(self.device), cls.to(self.device)]
+            if self.cut_input:
+                dirs = np.array([cut_direction(c) for c in cuts] * k, dtype=np.float32)
+                inputs.append(torch.from_numpy(dirs).to(self.device))
             with torch.no_grad():
-                R, t, size, _conf = self.module(
-                    torch.from_numpy(batch).to(self.device), cls.to(self.device)
-                )
+                R, t, size, _conf = self.module(*inputs)
             R, t, size = (x.cpu().double().numpy() for x in (R, t, size))
             if k > 1:
                 n = len(kept)
@@ -265,7 +278,7 @@ class CliposeEstimator:
                 self.handle_seen.append(seen)
                 centre = t[j]
                 if self.border_fit:
-                    centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cut_sides(inst.mask))
+                    centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cuts[j])
                 self.border_moved.append(float(np.linalg.norm(centre - t[j])))
                 poses.append(
                     ObjectPose(

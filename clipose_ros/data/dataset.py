@@ -70,7 +70,13 @@ from clipose_ros.data.nocs_format import (
     resolve_intrinsics,
 )
 from clipose_ros.geometry import valid_depth_pixels
-from clipose_ros.points import NUM_POINTS, PointsConfig, prepare_points
+from clipose_ros.points import (
+    NUM_POINTS,
+    PointsConfig,
+    cut_direction,
+    cut_sides,
+    prepare_points,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +191,13 @@ def prepare_instance(
     if aug.point_jitter and rng.random() < aug.jitter_prob:
         points = jitter_points(points, rng, aug.jitter_sigma_m, aug.jitter_clip_m)
     return points, R, t, float(s), e, count
+
+
+def turned_cut_direction(cut: np.ndarray, R_label: np.ndarray, R_sample: np.ndarray) -> np.ndarray:
+    """The cut direction (``points.cut_direction`` of the mask's cut sides) of a sample whose
+    rotation augmentations turned the points by ``R_sample R_label^T``: turned the same way, so
+    that the network sees the cut where the turned points end."""
+    return (R_sample @ R_label.T) @ cut_direction(cut)
 
 
 def handle_points_in_depth(
@@ -513,10 +526,12 @@ class NocsInstanceDataset(Dataset):
             self._mark_too_few(j, len(rows))
             return None
         points, R, t, s, e, count = prepared
+        cut_dir = turned_cut_direction(cut_sides(inst), self._R[j], R)
 
         handle = bool(self._handle[j])
         sample = {
             "points": torch.from_numpy(points.astype(np.float32)),
+            "cut_dir": torch.from_numpy(cut_dir.astype(np.float32)),
             "class_id": torch.tensor(cid, dtype=torch.int64),
             "class_name": name,
             "R": torch.from_numpy(R.astype(np.float32)),

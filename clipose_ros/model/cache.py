@@ -38,14 +38,15 @@ from clipose_ros.data.dataset import (
     handle_points_in_depth,
     instance_crop,
     prepare_instance,
+    turned_cut_direction,
 )
 from clipose_ros.data.nocs_format import frame_path, read_color, read_depth, read_mask
 from clipose_ros.geometry import backproject_pixels, valid_depth_pixels
-from clipose_ros.points import PointsConfig, prepare_points
+from clipose_ros.points import PointsConfig, cut_sides, prepare_points
 
 log = logging.getLogger("clipose.cache")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cut sides of each mask
 _MARGIN = 8  # pixels around the mask box, so that erosion sees the same borders as in a frame
 _FILES = ("label.pkl", "depth.png", "mask.png")
 
@@ -111,7 +112,7 @@ class _Writer:
 
 # Per-instance fields of index.npz (besides the frame names), in the order they are written.
 _INDEX_FIELDS = ("depth_off", "depth_len", "mask_off", "shape", "origin", "K", "class_id", "R",
-                 "t", "s", "extents", "handle", "bbox", "instance_id")
+                 "t", "s", "extents", "handle", "bbox", "instance_id", "cut")
 
 
 def _cut_instance(
@@ -152,6 +153,7 @@ def _write_index(folder: Path, rows: dict[str, list], frames: list[str]) -> None
         handle=np.array(rows["handle"], bool),
         bbox=np.array(rows["bbox"], np.int64).reshape(n, 4),
         instance_id=np.array(rows["instance_id"], np.int64),
+        cut=np.array(rows["cut"], bool).reshape(n, 4),
         frame=np.array(frames),
     )
 
@@ -196,7 +198,7 @@ def build_cache(
                 writer.rgb.write(np.ascontiguousarray(crop, dtype=np.uint8).tobytes())
             entry = {"depth_off": d_off, "depth_len": int(m.sum()), "mask_off": m_off,
                      "shape": m.shape, "origin": origin, "K": K,
-                     "handle": lab["handle_visible"]}
+                     "handle": lab["handle_visible"], "cut": cut_sides(inst)}
             for k in _INDEX_FIELDS:
                 rows[k].append(entry[k] if k in entry else lab[k])
             frames.append(str(prefix.relative_to(root)))
@@ -365,8 +367,10 @@ class CachedInstances(Dataset):
         if prepared is None:  # cannot happen for cached instances (checked at build time)
             raise CacheError(f"{self.folder}: cached instance {index} gave no points")
         points, R, t, s, e, _ = prepared
+        cut_dir = turned_cut_direction(ix["cut"][index], ix["R"][index], R)
         item = {
             "points": torch.from_numpy(points.astype(np.float32)),
+            "cut_dir": torch.from_numpy(cut_dir.astype(np.float32)),
             "class_id": torch.tensor(cid, dtype=torch.int64),
             "R": torch.from_numpy(R.astype(np.float32)),
             "t": torch.from_numpy(t.astype(np.float32)),

@@ -76,9 +76,13 @@ def export_model(net: PoseNet, out: Path, points: PointsConfig, extra: dict | No
     scripted.save(str(out), _extra_files={META_NAME: json.dumps(meta, indent=1)})
     loaded, _ = load_pose_model(out)
     pts, cls = parity_inputs(points.n_points)
+    args = [pts, cls]
+    if net.cut_input:  # cut on the left, on the bottom, whole, ...
+        sides = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+        args.append(sides[torch.arange(len(cls)) % len(sides)])
     with torch.no_grad():
-        ref = net.eval()(pts, cls)
-        got = loaded(pts, cls)
+        ref = net.eval()(*args)
+        got = loaded(*args)
     diff = max(float((a - b).abs().max()) for a, b in zip(ref, got, strict=True))
     if diff > PARITY_TOLERANCE:
         raise ModelFileError(f"exported {out} differs from the eager model by {diff:.2e}")

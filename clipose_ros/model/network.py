@@ -67,6 +67,10 @@ class NetConfig:
     # with ``norm`` the per-point rotation heads rotated best but the features the pooled
     # translation reads lost 0.3 cm of median error (models/clipose_pose.md)
     point_norm: bool = False
+    # The direction towards the image border(s) that cut the object's mask (camera frame,
+    # ``points.cut_direction``; zero when whole) goes in beside the one-hot: a cut object's
+    # visible part alone does not say where its box ends on the cut side (issue 17's laptops).
+    cut_input: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_LAYOUTS:
@@ -375,8 +379,11 @@ class PoseNet(nn.Module):
         self.norm1 = PointNorm(cfg.c2, cfg.norm)
         self.norm2 = PointNorm(cfg.c3, cfg.norm)
         self.norm3 = PointNorm(cfg.c4, cfg.norm)
+        self.cut_input = cfg.cut_input
+        # what the heads read beside the features: the one-hot (and the cut direction)
+        condition = self.num_classes + (3 if cfg.cut_input else 0)
         layouts = {"pooled": PooledHeads, "pointwise": PointwiseHeads, "hybrid": HybridHeads}
-        heads: HeadOutputs = layouts[cfg.head](cfg, self.num_classes)
+        heads: HeadOutputs = layouts[cfg.head](cfg, condition)
         self.heads = heads
         self.feature_dim = heads.feature_dim
         mean = torch.from_numpy(np.stack([MEAN_SIZES_M[c] for c in CATEGORIES]).astype(np.float32))
@@ -394,10 +401,10 @@ class PoseNet(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _encode(
-        self, points: Tensor, class_ids: Tensor
+        self, points: Tensor, class_ids: Tensor, cut_dir: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(f0, f1 fine per-point features, f3 coarse features, fine centred points, coarse
-        points, one-hot, centroid)."""
+        points, condition (one-hot, then the cut direction with ``cut_input``), centroid)."""
         centroid = points.mean(dim=1)
         centred = points - centroid.unsqueeze(1)
         fine = centred[:, : self.n_graph].contiguous()
@@ -416,18 +423,28 @@ class PoseNet(nn.Module):
         f2 = F.relu(self.norm2(self.conv2(pooled, dirs_c, flat_c, k)))
         f3 = self.norm3(self.conv3(f2, dirs_c, flat_c, k))
         onehot = F.one_hot((class_ids - 1).clamp(0, self.num_classes - 1), self.num_classes)
-        return f0, f1, f3, fine, coarse, onehot.to(f3.dtype), centroid
+        condition = onehot.to(f3.dtype)
+        if self.cut_input:
+            if cut_dir is None:  # nothing said: taken as a whole object
+                cut_dir = torch.zeros(points.size(0), 3, dtype=f3.dtype, device=points.device)
+            condition = torch.cat([condition, cut_dir.to(f3.dtype)], dim=-1)
+        return f0, f1, f3, fine, coarse, condition, centroid
 
     @torch.jit.export
-    def features(self, points: Tensor, class_ids: Tensor) -> Tensor:
+    def features(
+        self, points: Tensor, class_ids: Tensor, cut_dir: Tensor | None = None
+    ) -> Tensor:
         """Global feature (B, feature_dim) of the encoder: what the CLIP teacher aligns."""
-        return self.predict(points, class_ids)["feature"]
+        return self.predict(points, class_ids, cut_dir)["feature"]
 
     @torch.jit.export
-    def predict(self, points: Tensor, class_ids: Tensor) -> dict[str, Tensor]:
+    def predict(
+        self, points: Tensor, class_ids: Tensor, cut_dir: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """All raw outputs: the training losses read these, and the CLIP branch reads
-        ``feature`` (the global feature of the same encoder pass)."""
-        f0, f1, f3, fine, coarse, onehot, centroid = self._encode(points, class_ids)
+        ``feature`` (the global feature of the same encoder pass). ``cut_dir`` (B, 3): see
+        ``NetConfig.cut_input`` (ignored without it)."""
+        f0, f1, f3, fine, coarse, onehot, centroid = self._encode(points, class_ids, cut_dir)
         rot, ts, coords, glob = self.heads(f0, f1, f3, fine, coarse, onehot)
         y = rot[:, 0:3]
         x = rot[:, 3:6]
@@ -448,13 +465,15 @@ class PoseNet(nn.Module):
             "feature": glob,
         }
 
-    def forward(self, points: Tensor, class_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, points: Tensor, class_ids: Tensor, cut_dir: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """R (B, 3, 3), t (B, 3), size (B, 3), confidence (B,).
 
         For the symmetric classes the x axis carries no information: the rotation then keeps
         the predicted y axis exactly and the confidence is the y axis' alone.
         """
-        out = self.predict(points, class_ids)
+        out = self.predict(points, class_ids, cut_dir)
         idx = (class_ids - 1).clamp(0, self.num_classes - 1)
         sym = self.symmetric_class.index_select(0, idx)
         conf_x = out["conf_x"] * (1.0 - sym)

@@ -308,8 +308,10 @@ class RawOutputs(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, points: torch.Tensor, class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net.predict(points, class_ids)
+    def forward(
+        self, points: torch.Tensor, class_ids: torch.Tensor, cut_dir: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return self.net.predict(points, class_ids, cut_dir)
 
 
 def _select_device(name: str, local_rank: int) -> torch.device:
@@ -583,8 +585,9 @@ def train_step(run: TrainingRun, item: dict[str, Any]) -> dict[str, torch.Tensor
     device, branch = run.device, run.branch
     pts = item["points"].to(device, non_blocking=True)
     cls = item["class_id"].to(device)
+    cut = item["cut_dir"].to(device)
     with torch.autocast(device.type, enabled=device.type == "cuda"):
-        out_raw = run.model(pts, cls)
+        out_raw = run.model(pts, cls, cut)
     losses = pose_losses(
         {k: v.float() for k, v in out_raw.items()},
         item["R"].to(device),
