@@ -19,6 +19,14 @@ Re-running the command after an interruption goes on where it stopped: finished 
 repeated, a training with ``checkpoints/last.pt`` resumes from it, a finished training is only
 exported and scored (``remaining_steps``).
 
+``--record DIR`` (a folder in the repository, e.g. ``docs/ablation``) keeps one JSON row per
+finished run there, with a fingerprint of the training and test data (labels and depth of
+every frame), and builds the table and plot from every recorded row. A run folder does not
+outlive a machine that starts clean each session, so the ablation then grows session by
+session: each session regenerates the data with the same commands (the generator is seeded;
+a row whose fingerprint differs from this data's is left out, with a warning), runs the arms
+it has time for and commits the rows.
+
     .venv/bin/python scripts/clip_ablation.py --data data/synth_v2/train \\
         --test-data data/synth_v2/test --out runs/ablation --epochs-full 2 --epochs-scarce 10
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -149,6 +158,35 @@ def finished_runs(out: Path, jobs: list[dict], seed: int) -> list[dict]:
     return sorted(found, key=lambda j: (j["setting"] != "full", order[j["arm"]], j["seed"]))
 
 
+def data_fingerprint(folder: Path) -> str:
+    """sha256 over every frame's label and depth file below ``folder`` (names and bytes): the
+    same data regenerated on another machine gives the same fingerprint."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*_label.pkl")) + sorted(folder.rglob("*_depth.png")):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def recorded_rows(record: Path, rows: list[dict], fingerprint: dict[str, str]) -> list[dict]:
+    """Write ``rows`` (this data's finished runs) to ``record``, one file per run, and return
+    every recorded row made on data with this ``fingerprint``, earlier sessions' included."""
+    record.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        name = f"{row['setting']}_{row['arm']}_seed{row['seed']}.json"
+        (record / name).write_text(json.dumps({**row, "data": fingerprint}, indent=1) + "\n")
+    kept = []
+    for path in sorted(record.glob("*_seed*.json")):
+        row = json.loads(path.read_text())
+        if row.get("data") != fingerprint:
+            log.warning("%s was measured on other data (%s, this data %s): left out",
+                        path, row.get("data"), fingerprint)
+            continue
+        kept.append(row)
+    order = {a: i for i, a in enumerate(ARMS)}
+    return sorted(kept, key=lambda r: (r["setting"] != "full", order[r["arm"]], r["seed"]))
+
+
 def table(rows: list[dict]) -> str:
     head = (
         "| setting | arm | seed | epochs | IoU50 | IoU75 | 5°2cm | 5°5cm | 10°2cm | 10°5cm "
@@ -215,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
         help="another training seed on the same split and cache (runs named <run>_seed<N>): "
         "the spread between seeds tells which differences between arms are noise",
     )
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="folder in the repository that keeps each finished run's row across sessions "
+        "(table and plot from all of them; see the module docstring)",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log_to_terminal_and_file(args.out, "ablation.log")
@@ -279,9 +324,17 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 log.info("%s done (%.0f min so far)", job["run"].name, (time.monotonic() - t0) / 60)
     rows = [summarise(j) for j in finished_runs(args.out, jobs, seed)]
-    (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "ablation.md").write_text(table(rows))
-    plot(rows, args.out / "ablation.png")
+    outputs = [args.out]
+    if args.record is not None:
+        fingerprint = {"train": data_fingerprint(args.data),
+                       "test": data_fingerprint(args.test_data)}
+        rows = recorded_rows(args.record, rows, fingerprint)
+        outputs.append(args.record)
+    for folder in outputs:
+        (folder / "ablation.json").write_text(json.dumps(rows, indent=1))
+        (folder / "ablation.md").write_text(table(rows))
+        if rows:
+            plot(rows, folder / "ablation.png")
     print(table(rows))
 
 

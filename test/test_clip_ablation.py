@@ -47,3 +47,37 @@ def test_rerun_resumes_unfinished_training_and_skips_finished_steps(tmp_path):
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text("{}")
     assert ablation.remaining_steps(job, test_data) == []
+
+
+def _row(setting: str, arm: str, seed: int, score: float) -> dict:
+    return {"setting": setting, "arm": arm, "seed": seed, "10deg5cm": score}
+
+
+def test_recorded_rows_accumulate_across_sessions_on_the_same_data_only(tmp_path):
+    """Machines start clean each session: the rows kept in the repository are the ablation's
+    memory, and only rows measured on the same (regenerated) data are put together."""
+    ablation = _ablation()
+    data = tmp_path / "data"
+    (data / "00000").mkdir(parents=True)
+    (data / "00000" / "0000_label.pkl").write_bytes(b"label")
+    (data / "00000" / "0000_depth.png").write_bytes(b"depth")
+    same = tmp_path / "again"
+    (same / "00000").mkdir(parents=True)
+    for name in ("0000_label.pkl", "0000_depth.png"):
+        (same / "00000" / name).write_bytes((data / "00000" / name).read_bytes())
+    assert ablation.data_fingerprint(same) == ablation.data_fingerprint(data)
+    fp = {"train": ablation.data_fingerprint(data), "test": "t"}
+    record = tmp_path / "record"
+
+    first = ablation.recorded_rows(record, [_row("full", "c_full", 0, 70.0)], fp)
+    later = ablation.recorded_rows(record, [_row("full", "a_pose", 0, 71.0)], fp)
+    assert [r["arm"] for r in first] == ["c_full"]
+    assert [(r["arm"], r["10deg5cm"]) for r in later] == [("a_pose", 71.0), ("c_full", 70.0)]
+
+    (same / "00000" / "0000_depth.png").write_bytes(b"other noise")
+    other = {"train": ablation.data_fingerprint(same), "test": "t"}
+    assert other != fp
+    assert [r["arm"] for r in ablation.recorded_rows(record, [], other)] == []
+    # a rerun of a run replaces its row
+    again = ablation.recorded_rows(record, [_row("full", "a_pose", 0, 72.0)], fp)
+    assert [(r["arm"], r["10deg5cm"]) for r in again] == [("a_pose", 72.0), ("c_full", 70.0)]
