@@ -434,3 +434,53 @@ def test_cli_flag_sets_pose_prompt_prob(data, tmp_path, monkeypatch):
     main(["--data", str(data), "--out", str(tmp_path / "a"), "--pose-prompt-prob", "0.25"])
     main(["--data", str(data), "--out", str(tmp_path / "b")])
     assert [c.pose_prompt_prob for c in got] == [0.25, 0.5]
+
+
+def test_compact_teacher_is_small_and_gives_the_learnt_texts_their_features(
+    data, configs, tmp_path, monkeypatch
+):
+    """The ``.xz`` teacher (the form the repository keeps): float16, the token rows no caption
+    reached set to zero, compressed; unpacked once into the cache folder, it gives the training
+    captions the features of the full weights."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seen: list[str] = []
+    real = CropSet.captions
+
+    def spy(self, idx=None, rng=None, keep_prob=1.0, pose_prompt_prob=0.0):
+        out = real(self, idx, rng, keep_prob, pose_prompt_prob)
+        seen.extend(out if rng is not None else [])
+        return out
+
+    monkeypatch.setattr(CropSet, "captions", spy)
+    cfg = PretrainConfig(
+        data=str(data), test_data=str(data), out=str(tmp_path / "run"), model=TINY,
+        model_config=[str(p) for p in configs], epochs=1, batch_size=4, warmup_steps=2,
+        checkpoint_minutes=100.0, save=str(tmp_path / "teacher.pt.xz"),
+    )  # fmt: skip
+    packed = Path(pretrain(cfg, progress=False)["teacher"])
+    full = load_clip(TINY, str(tmp_path / "run" / "last.pt"))  # the same weights, float32
+    compact = load_clip(TINY, str(packed))
+    assert Path(compact.pretrained).parent == tmp_path / "cache" / "clipose_ros"
+    saved = torch.load(compact.pretrained, weights_only=True)
+    rows = saved["state_dict"]["token_embedding.weight"]
+    assert rows.dtype == torch.float16
+    learnt = rows.abs().sum(dim=1) > 0
+    assert 0 < int(learnt.sum()) == saved["clipose_meta"]["compact"]["token_rows_learnt"]
+    assert int(learnt.sum()) < len(learnt) // 10
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": full.model.state_dict()}, plain)
+    assert packed.stat().st_size < plain.stat().st_size / 3
+
+    tokens = compact.tokenizer(sorted(set(seen)))
+    # every token of a training caption was learnt (0 pads after the end token: no gradient,
+    # no effect on the features)
+    assert learnt[tokens[tokens > 0].unique()].all()
+    with torch.no_grad():
+        a = full.model.encode_text(tokens, normalize=True)
+        b = compact.model.encode_text(tokens, normalize=True)
+    assert (a - b).abs().max() < 2e-2 and ((a * b).sum(dim=1) > 0.999).all()
+
+    corrupt = tmp_path / "corrupt.pt.xz"
+    corrupt.write_bytes(packed.read_bytes()[:500])
+    with pytest.raises(ClipModelError, match=f"cannot unpack CLIP checkpoint {corrupt}"):
+        load_clip(TINY, str(corrupt))

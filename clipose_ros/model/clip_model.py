@@ -15,7 +15,9 @@
 Local files in any of the formats users have: a ``torch.save`` state dict, optionally wrapped in
 ``{"state_dict": ...}`` (open_clip's training checkpoints, the small teacher) and with DDP's
 ``module.`` prefix; a ``.safetensors`` file (what the Hugging Face hub serves open_clip); a
-TorchScript archive (OpenAI's own release files, e.g. the ``clip`` package's ``ViT-B-16.pt``).
+TorchScript archive (OpenAI's own release files, e.g. the ``clip`` package's ``ViT-B-16.pt``);
+any of these xz-compressed (``.xz``: the small teacher's compact form, unpacked once into
+``$XDG_CACHE_HOME/clipose_ros``, by default ``~/.cache/clipose_ros``).
 
 QuickGELU: OpenAI's CLIPs (and some others) were trained with QuickGELU, which open_clip's
 ``ViT-B-16`` config does not use; with a pretrained tag open_clip only warns about the mismatch
@@ -29,7 +31,10 @@ The branch itself (prompts, heads, losses) is :mod:`clipose_ros.model.clip_branc
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import lzma
+import os
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -103,6 +108,29 @@ def _torchscript_state(path: Path) -> dict[str, Tensor]:
     with warnings.catch_warnings():  # torch 2.14 calls torch.jit deprecated; it still loads
         warnings.simplefilter("ignore", FutureWarning)
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+
+
+def unpacked(path: Path) -> Path:
+    """The decompressed copy of an ``.xz`` checkpoint in the user's cache folder (made once,
+    named by the compressed file's hash), or a ClipModelError naming a corrupt file."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipose_ros"
+    out = cache / f"{path.name[: -len('.xz')]}-{digest}"
+    if out.is_file():
+        return out
+    try:
+        data = lzma.decompress(path.read_bytes())
+    except lzma.LZMAError as err:
+        raise ClipModelError(
+            f"cannot unpack CLIP checkpoint {path}: truncated or corrupt xz file ({err}); "
+            f"{HOW_TO_GET}"
+        ) from err
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    log.info("unpacked %s into %s", path, out)
+    return out
 
 
 def _read_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any] | None]:
@@ -260,6 +288,8 @@ def load_clip(
         path = Path(pretrained)
         if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
             pretrained = str(PROJECT_ROOT / path)
+        if pretrained.endswith(".xz") and Path(pretrained).is_file():
+            pretrained = str(unpacked(Path(pretrained)))
         check_checkpoint(pretrained, model_name)
         if is_torchscript_archive(pretrained):
             torchscript, pretrained = Path(pretrained), None  # loaded below, not by open_clip
