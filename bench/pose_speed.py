@@ -57,22 +57,27 @@ class PeakRss:
         self.peak = max(self.peak, rss_bytes())
 
 
-def bench_model(model, n: int, batch: int, device: str, repeats: int) -> dict:
+def bench_model(
+    model, n: int, batch: int, device: str, repeats: int, cut_input: bool = False
+) -> dict:
     g = torch.Generator().manual_seed(batch)
     pts = torch.randn(batch, n, 3, generator=g) * torch.tensor([0.05, 0.04, 0.03])
     pts = (pts + torch.tensor([0.0, 0.0, 0.7])).to(device)
     cls = (torch.arange(batch) % 6 + 1).to(device)
+    inputs = [pts, cls]
+    if cut_input:  # a file that reads the cut direction (NetConfig.cut_input): half are cut
+        inputs.append((torch.arange(batch) % 2).float()[:, None].expand(-1, 3).to(device))
     times = []
     with torch.no_grad():
         for _ in range(3):
-            model(pts, cls)
+            model(*inputs)
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         with PeakRss() as mem:
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(pts, cls)
+                model(*inputs)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
@@ -159,7 +164,8 @@ def main() -> None:
         for b in (int(x) for x in args.batches.split(",")):
             row = {
                 "device": device,
-                **bench_model(model, meta["n_points"], b, device, args.repeats),
+                **bench_model(model, meta["n_points"], b, device, args.repeats,
+                              bool(meta.get("net", {}).get("cut_input", False))),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
