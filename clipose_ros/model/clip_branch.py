@@ -115,7 +115,7 @@ class ClipBranchConfig:
     """Settings of the CLIP branch (the ``clip:`` section of a training config)."""
 
     model: str = "clipose_clip_tiny"  # open_clip architecture name
-    pretrained: str | None = "models/clip_teacher_tiny.pt"  # tag, local file, or None
+    pretrained: str | None = "models/clip_teacher_tiny.pt.xz"  # tag, local file, or None
     prompt_mode: str = "deep"  # none | shallow | deep (visual prompt tuning)
     num_prompts: int = 8
     embed_dim: int = 128  # the shared space of the projection heads

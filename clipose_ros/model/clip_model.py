@@ -63,8 +63,9 @@ CONFIG_DIR = next(
 TEACHER_FORMAT = "clipose-clip-teacher"
 HOW_TO_GET = (
     "train the small teacher with `clipose-pretrain-clip --data TRAIN --test-data TEST --out RUN "
-    "--save FILE.pt`, or use an open_clip architecture with a pretrained tag where a model hub "
-    "is reachable (e.g. model ViT-B-16, pretrained openai)"
+    "--save models/clip_teacher_tiny.pt.xz` (models/clip_teacher_tiny.md), or use an open_clip "
+    "architecture with a pretrained tag where a model hub is reachable (e.g. model ViT-B-16, "
+    "pretrained openai)"
 )
 
 
