@@ -21,14 +21,12 @@ exported and scored (``remaining_steps``).
 
 ``--record DIR`` (a folder in the repository, e.g. ``docs/ablation``) keeps one JSON row per
 finished run there, with a fingerprint of the training and test data (labels and depth of
-every frame), and builds the table and plot from every recorded row. A run folder does not
-outlive a machine that starts clean each session, so the ablation then grows session by
-session: each session regenerates the data with the same commands (the generator is seeded;
-a row whose fingerprint differs from this data's is left out, with a warning), runs the arms
-it has time for and commits the rows.
-
-    .venv/bin/python scripts/clip_ablation.py --data data/synth_v2/train \\
-        --test-data data/synth_v2/test --out runs/ablation --epochs-full 2 --epochs-scarce 10
+every frame) and the hash of the base config (a changed network starts a new table), and
+builds the table and plot from every recorded row. A run folder does not outlive a machine
+that starts clean each session, so the ablation then grows session by session: each session
+regenerates the data with the same commands (the generator is seeded; a row whose
+fingerprint differs is left out, with a warning), runs the arms it has time for and commits
+the rows.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ from pathlib import Path
 
 from clipose_ros.logs import log_to_terminal_and_file
 from clipose_ros.model.cache import ensure_cache
+from clipose_ros.model.checkpoint import config_hash
 from clipose_ros.model.clip_model import load_clip
 from clipose_ros.points import PointsConfig
 from clipose_ros.tools.train import holdout_split, load_config, scarce_subset
@@ -327,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     outputs = [args.out]
     if args.record is not None:
         fingerprint = {"train": data_fingerprint(args.data),
-                       "test": data_fingerprint(args.test_data)}
+                       "test": data_fingerprint(args.test_data),
+                       "config": config_hash(base)}  # the base network and training config
         rows = recorded_rows(args.record, rows, fingerprint)
         outputs.append(args.record)
     for folder in outputs:
