@@ -27,6 +27,9 @@ that starts clean each session, so the ablation then grows session by session: e
 regenerates the data with the same commands (the generator is seeded; a row whose
 fingerprint differs is left out, with a warning), runs the arms it has time for and commits
 the rows.
+
+    .venv/bin/python scripts/clip_ablation.py --data data/synth_v2/train \\
+        --test-data data/synth_v2/test --out runs/ablation --epochs-full 2 --epochs-scarce 10
 """
 
 from __future__ import annotations
@@ -141,6 +144,11 @@ def summarise(job: dict) -> dict:
     return row
 
 
+def _table_order(r: dict) -> tuple[bool, int, int]:
+    """Full before scarce, arms (a)-(c), then seeds: the order of the table's rows."""
+    return r["setting"] != "full", list(ARMS).index(r["arm"]), r["seed"]
+
+
 def finished_runs(out: Path, jobs: list[dict], seed: int) -> list[dict]:
     """Every finished run of this command's settings and arms, other seeds' runs included."""
     found = []
@@ -153,8 +161,7 @@ def finished_runs(out: Path, jobs: list[dict], seed: int) -> list[dict]:
             ).is_file():
                 run_seed = int(tail[len("_seed") :]) if tail else seed
                 found.append({**job, "run": run, "seed": run_seed})
-    order = {a: i for i, a in enumerate(ARMS)}  # each run matches one job: bases are unique
-    return sorted(found, key=lambda j: (j["setting"] != "full", order[j["arm"]], j["seed"]))
+    return sorted(found, key=_table_order)  # each run matches one job: bases are unique
 
 
 def data_fingerprint(folder: Path) -> str:
@@ -182,8 +189,7 @@ def recorded_rows(record: Path, rows: list[dict], fingerprint: dict[str, str]) -
                         path, row.get("data"), fingerprint)
             continue
         kept.append(row)
-    order = {a: i for i, a in enumerate(ARMS)}
-    return sorted(kept, key=lambda r: (r["setting"] != "full", order[r["arm"]], r["seed"]))
+    return sorted(kept, key=_table_order)
 
 
 def table(rows: list[dict]) -> str:

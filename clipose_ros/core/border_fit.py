@@ -3,10 +3,9 @@
 A network without ``NetConfig.cut_input`` sees the points of an object whose mask the image
 border cuts, but not that it is cut, so it puts the box centre too far towards the part it
 sees (laptops on the generated test frames: 41 % of the cut ones more than 5 cm off, against
-3 % of the others). The far end of
-the object, away from the cut, is in view: the points there should reach the box face on that
-side. This slides the box towards the cut until they do, along the box axis that points most
-to the far side. Rotation and size stay the network's.
+3 % of the others). The far end of the object, away from the cut, is in view: the points there
+should reach the box face on that side. This slides the box towards the cut until they do,
+along the box axis that points most to the far side. Rotation and size stay the network's.
 """
 
 from __future__ import annotations

@@ -258,7 +258,9 @@ class CliposeEstimator:
             batch = np.concatenate([np.roll(points, -j * self._subset_step, axis=1)
                                     for j in range(k)])
             cls = torch.tensor(class_ids * k, dtype=torch.int64)
-            cuts = [cut_sides(instances[i].mask) for i in kept]
+            # the cut sides (a pass over each mask) only when the network or the fit reads them
+            needs_cuts = self.cut_input or self.border_fit
+            cuts = [cut_sides(instances[i].mask) for i in kept] if needs_cuts else []
             inputs = [torch.from_numpy(batch).to(self.device), cls.to(self.device)]
             if self.cut_input:
                 dirs = np.array([cut_direction(c) for c in cuts] * k, dtype=np.float32)

@@ -114,13 +114,14 @@ def _torchscript_state(path: Path) -> dict[str, Tensor]:
 def unpacked(path: Path) -> Path:
     """The decompressed copy of an ``.xz`` checkpoint in the user's cache folder (made once,
     named by the compressed file's hash), or a ClipModelError naming a corrupt file."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    packed = path.read_bytes()
+    digest = hashlib.sha256(packed).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipose_ros"
     out = cache / f"{path.name[: -len('.xz')]}-{digest}"
     if out.is_file():
         return out
     try:
-        data = lzma.decompress(path.read_bytes())
+        data = lzma.decompress(packed)
     except lzma.LZMAError as err:
         raise ClipModelError(
             f"cannot unpack CLIP checkpoint {path}: truncated or corrupt xz file ({err}); "
