@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
-from clipose_ros.core.estimators import CliposeEstimator
-from clipose_ros.core.structures import Frame, Instance
+from clipose_ros.core.estimators import CliposeEstimator, axis_confidences
+from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import rotation_angle_deg
 from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
 from clipose_ros.model.export import export_checkpoint, export_model, parity_inputs
@@ -125,8 +125,15 @@ def test_subsets_average_the_network_over_disjoint_point_subsets(exported):
     one, two = (CliposeEstimator(str(path), subsets=k) for k in (1, 2))
     points, _ = one.prepare(frame, insts)
     with torch.no_grad():
-        R, t, size, _ = net(torch.from_numpy(np.roll(points, -128, axis=1)), torch.tensor([3, 1]))
+        R, t, size, conf = net(torch.from_numpy(np.roll(points, -128, axis=1)),
+                               torch.tensor([3, 1]))
+        _, _, _, conf_first = net(torch.from_numpy(points), torch.tensor([3, 1]))
     alone, both = one.estimate(frame, insts), two.estimate(frame, insts)
+    # rotation confidence: the subsets' mean axis confidences; camera both axes, bottle y alone
+    mean_conf = ((conf + conf_first) / 2).double().numpy()
+    assert both[0].pose_confidence == pytest.approx(mean_conf[0, 0] * mean_conf[0, 1])
+    assert both[1].pose_confidence == pytest.approx(mean_conf[1, 0])
+    assert alone[0].pose_confidence == pytest.approx(float(conf_first[0, 0] * conf_first[0, 1]))
     for a, b, t_second, s_second in zip(alone, both, t.numpy(), size.numpy(), strict=True):
         # translation and size: the mean of the two subsets' estimates
         np.testing.assert_allclose(b.t, (a.t + t_second) / 2, atol=1e-5)
@@ -140,6 +147,25 @@ def test_subsets_average_the_network_over_disjoint_point_subsets(exported):
     np.testing.assert_allclose(both[1].R[:, 1], mean_y / np.linalg.norm(mean_y), atol=1e-5)
     with pytest.raises(ValueError, match=r"subsets must be 1\.\.8"):
         CliposeEstimator(str(path), subsets=9)
+
+
+def test_axis_confidences_keep_the_turn_about_y_only_where_it_is_defined():
+    mug, camera, bowl = (CATEGORIES.index(c) + 1 for c in ("mug", "camera", "bowl"))
+    conf = np.array([0.8, 0.5])
+    pose = ObjectPose(camera, 1.0, np.eye(3), np.zeros(3), np.ones(3),
+                      axis_confidence=axis_confidences(conf, camera, False, True))
+    assert pose.pose_confidence == pytest.approx(0.4)
+    pose.axis_confidence = axis_confidences(conf, bowl, False, True)
+    assert np.isnan(pose.axis_confidence[1]) and pose.pose_confidence == pytest.approx(0.8)
+    # a mug: the handle found in the depth points, or the network's turn kept (no search),
+    # needs both axes; a handle not found leaves the turn about y undefined
+    np.testing.assert_allclose(axis_confidences(conf, mug, True, True), conf)
+    np.testing.assert_allclose(axis_confidences(conf, mug, False, False), conf)
+    assert np.isnan(axis_confidences(conf, mug, False, True)[1])
+    # files of clipose-pose-1 (one value, the x confidence dead): no confidence at all
+    pose.axis_confidence = axis_confidences(np.float64(0.3), camera, False, True)
+    assert np.isnan(pose.pose_confidence)
+    assert np.isnan(ObjectPose(camera, 1.0, np.eye(3), np.zeros(3), np.ones(3)).pose_confidence)
 
 
 def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):
@@ -184,6 +210,7 @@ def test_export_from_checkpoint_and_bad_checkpoints(tmp_path):
 
 def test_clipose_eval_with_the_exported_model(exported, tmp_path):
     from clipose_ros.data.synth import SynthConfig, generate
+    from clipose_ros.metrics import load_result
     from clipose_ros.tools.evaluate import main as eval_main
 
     path, _ = exported
@@ -205,7 +232,20 @@ def test_clipose_eval_with_the_exported_model(exported, tmp_path):
     )
     scores = json.loads((out / "metrics.json").read_text())
     assert scores["estimator"] == "CliposeEstimator" and scores["num_frames"] == 2
+    assert scores["ranking"] == "detection"
     assert len(list((out / "results").glob("*.pkl"))) == 2
+    # ranked by the rotation confidence: ground-truth masks score 1, so the scores are the
+    # confidences, which every result keeps either way
+    ranked = tmp_path / "ranked"
+    eval_main(["--data", str(tmp_path / "data" / "test"), "--out", str(ranked), "--estimator",
+               "clipose", "--model", str(path), "--vis", "0", "--ranking", "pose"])
+    assert json.loads((ranked / "metrics.json").read_text())["ranking"] == "pose"
+    for by_pose in sorted((ranked / "results").glob("*.pkl")):
+        a, b = load_result(by_pose), load_result(out / "results" / by_pose.name)
+        assert np.all(b["pred_scores"] == 1.0) and len(a["pred_scores"]) > 0
+        np.testing.assert_allclose(a["pred_scores"], a["pred_pose_confidences"])
+        np.testing.assert_allclose(a["pred_pose_confidences"], b["pred_pose_confidences"])
+        assert np.all((a["pred_scores"] >= 0) & (a["pred_scores"] <= 1))
     with pytest.raises(SystemExit, match="clipose-eval: .*nope.pt"):
         eval_main(
             [

@@ -53,7 +53,9 @@ def test_output_shapes_and_features():
     pts, cls = object_batch()
     R, t, size, conf = net(pts, cls)
     assert R.shape == (6, 3, 3) and t.shape == (6, 3) and size.shape == (6, 3)
-    assert conf.shape == (6,) and ((conf >= 0) & (conf <= 1)).all()
+    assert conf.shape == (6, 2) and ((conf >= 0) & (conf <= 1)).all()
+    symmetric = torch.tensor([CATEGORIES[c - 1] in ("bottle", "bowl", "can") for c in cls])
+    assert torch.all(conf[symmetric, 1] == 0) and torch.all(conf[~symmetric, 1] > 0)
     assert (size > 0).all()
     assert net.features(pts, cls).shape == (6, net.feature_dim)
     assert_proper(R)
@@ -177,6 +179,34 @@ def test_symmetric_samples_get_no_x_axis_gradient():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+
+def test_a_saturated_confidence_still_learns_under_bce_and_dies_under_l1():
+    """The shipped files' x confidence sat at 0 for every class: L1 on a saturated sigmoid has
+    no gradient. With exact axes the target is 1; the BCE loss pulls a logit of -20 up."""
+    net = make_net()
+    pts, cls, R, t, size, sym = fixed_batch()
+    out = net.predict(pts, cls)
+    out["y"], out["x"] = R[:, :, 1], R[:, :, 0]
+    logits = torch.full((len(pts), 2), -20.0, requires_grad=True)
+    out["conf_logits"] = logits
+    out["conf_y"], out["conf_x"] = torch.sigmoid(logits[:, 0]), torch.sigmoid(logits[:, 1])
+    grads = {}
+    for kind in ("bce", "l1"):
+        logits.grad = None
+        only_conf = LossWeights(rot_y=0, rot_x=0, translation=0, size=0, point_coords=0,
+                                conf=1.0, conf_loss=kind)
+        pose_losses(out, R, t, size, sym, only_conf)["total"].backward(retain_graph=True)
+        grads[kind] = logits.grad.clone()
+    asym = ~sym
+    # bce: every y logit and the x logits of asymmetric samples are pushed up (target 1)
+    assert torch.all(grads["bce"][:, 0] < -0.05)
+    assert torch.all(grads["bce"][asym, 1] < -0.05)
+    # symmetric samples' x target is 0, which a logit of -20 already meets
+    assert torch.all(grads["bce"][sym, 1].abs() < 1e-6)
+    assert grads["l1"].abs().max() < 1e-7
+    with pytest.raises(ValueError, match="conf_loss"):
+        LossWeights(conf_loss="mse")
+
 def test_scriptable_and_equal_to_eager():
     net = make_net().eval()
     with warnings.catch_warnings():
@@ -250,6 +280,7 @@ def test_point_matching_and_orthogonality_vanish_at_the_truth():
         "x": R[:, :, 0],
         "conf_y": torch.full((8,), 0.9),
         "conf_x": torch.full((8,), 0.9),
+        "conf_logits": torch.full((8, 2), 2.2),
         "t": t,
         "size": size,
         "point_coords": torch.zeros(8, 128, 3),

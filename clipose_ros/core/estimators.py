@@ -266,8 +266,10 @@ class CliposeEstimator:
                 dirs = np.array([cut_direction(c) for c in cuts] * k, dtype=np.float32)
                 inputs.append(torch.from_numpy(dirs).to(self.device))
             with torch.no_grad():
-                R, t, size, _conf = self.module(*inputs)
+                R, t, size, conf = self.module(*inputs)
             R, t, size = (x.cpu().double().numpy() for x in (R, t, size))
+            # (n, 2) axis confidences; files of clipose-pose-1 give one per object (n,)
+            conf = conf.cpu().double().numpy().reshape((k, len(kept)) + conf.shape[1:]).mean(0)
             if k > 1:
                 n = len(kept)
                 R, t, size = average_poses(R.reshape(k, n, 3, 3), t.reshape(k, n, 3),
@@ -290,11 +292,29 @@ class CliposeEstimator:
                         t=centre,
                         size=size[j],
                         bbox=np.asarray(inst.bbox),
+                        axis_confidence=axis_confidences(conf[j], inst.class_id, seen,
+                                                         self.mug_handle),
                     )
                 )
         end = time.perf_counter()
         self.last_timings = {"points_ms": 1e3 * (mid - start), "pose_ms": 1e3 * (end - mid)}
         return poses
+
+
+def axis_confidences(
+    conf: np.ndarray, class_id: int, handle_seen: bool, handle_search: bool
+) -> np.ndarray:
+    """(y, x) confidences of one object as :class:`ObjectPose` keeps them: x is NaN for the
+    symmetric classes and for a mug whose handle the depth search did not find (its turn
+    about y is then unknown, and the NOCS metric scores it as symmetric). ``conf`` is the
+    network's (y, x), or the one value of a ``clipose-pose-1`` file, whose x confidence had
+    died in training (``model/losses.py``): that gives no confidence at all."""
+    conf = np.atleast_1d(np.asarray(conf, dtype=np.float64))
+    if conf.size == 1:
+        return np.full(2, np.nan)
+    mug_without_handle = class_id == CLASS_IDS["mug"] and handle_search and not handle_seen
+    turn_undefined = is_symmetric(class_id) or mug_without_handle
+    return np.array([conf[0], np.nan if turn_undefined else conf[1]])
 
 
 def average_poses(

@@ -58,7 +58,11 @@ class ObjectPose:
     """9D pose of one object: ``p_cam = R @ (size * p_unit_box) + t``.
 
     ``size`` is the metric box extents along the object axes (metres); ``nocs_scale`` is the
-    NOCS scale factor ``s`` when the estimator knows it (NaN otherwise).
+    NOCS scale factor ``s`` when the estimator knows it (NaN otherwise). ``score`` is the
+    detector's. ``axis_confidence`` is the pose network's own estimate, in [0, 1], that its
+    object y axis (first) and its turn about y (second) are right; NaN where it has none: the
+    second for the symmetric classes and for a mug whose handle was not found (the turn about
+    y is then undefined), both for estimators without confidences.
     """
 
     class_id: int
@@ -69,6 +73,13 @@ class ObjectPose:
     bbox: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.int64))
     nocs_scale: float = float("nan")
     key: str = ""
+    axis_confidence: np.ndarray = field(default_factory=lambda: np.full(2, np.nan))
+
+    @property
+    def pose_confidence(self) -> float:
+        """Confidence that the rotation is right as far as it is defined (NaN: unknown)."""
+        y, x = (float(v) for v in self.axis_confidence)
+        return y if np.isnan(x) else y * x
 
     @property
     def class_name(self) -> str:

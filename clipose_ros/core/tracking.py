@@ -8,7 +8,7 @@ its markers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -125,10 +125,10 @@ class PoseTracker:
 
     @staticmethod
     def _copy(p: ObjectPose) -> ObjectPose:
-        return ObjectPose(
-            class_id=p.class_id, score=p.score, R=np.array(p.R, dtype=np.float64),
-            t=np.array(p.t, dtype=np.float64), size=np.array(p.size, dtype=np.float64),
-            bbox=np.asarray(p.bbox), nocs_scale=p.nocs_scale,
+        return replace(
+            p, R=np.array(p.R, dtype=np.float64), t=np.array(p.t, dtype=np.float64),
+            size=np.array(p.size, dtype=np.float64), bbox=np.asarray(p.bbox), key="",
+            axis_confidence=np.array(p.axis_confidence, dtype=np.float64),
         )
 
     def _smooth(self, old: ObjectPose, new: ObjectPose) -> ObjectPose:

@@ -1,8 +1,8 @@
 """``clipose-export``: training checkpoint -> self-contained TorchScript pose model.
 
 The file maps points (B, N, 3) float32 metres + class ids (B,) int64 to R (B, 3, 3), t (B, 3),
-size (B, 3) and a confidence (B,), and carries its metadata (categories, N, mean sizes, points
-preparation, model version, training data, config hash) as the extra file
+size (B, 3) and the two axis confidences (B, 2), and carries its metadata (categories, N, mean
+sizes, points preparation, model version, training data, config hash) as the extra file
 ``clipose_meta.json``. ``clipose_ros.model.loader`` reads it back without this package's
 network code; the export checks that eager and scripted outputs agree within ``1e-4``.
 """
@@ -52,7 +52,8 @@ def build_metadata(
         "points": points.to_dict(),
         "net": net.config.to_dict(),
         "inputs": "points (B, N, 3) float32 camera frame metres; class_ids (B,) int64 1..6",
-        "outputs": "R (B, 3, 3), t (B, 3) metres, size (B, 3) metres, confidence (B,)",
+        "outputs": "R (B, 3, 3), t (B, 3) metres, size (B, 3) metres, "
+                   "axis confidences (B, 2): y, x (0 for symmetric classes)",
         "exported_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         **(extra or {}),

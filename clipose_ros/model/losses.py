@@ -3,9 +3,12 @@
 * rotation: L1 between the predicted unit y axis and the true one; the same for the x axis
   except for symmetric samples (bottle, bowl, can, mug with hidden handle), which take no x
   loss, and therefore no loss for a rotation about y;
-* confidences: L1 between each axis confidence and ``exp(-angle error / conf_scale_rad)``
-  (the x confidence of a symmetric sample is pushed to 0, so that a mug whose handle is
-  hidden learns to trust its y axis alone);
+* confidences: each axis confidence against ``exp(-angle error / conf_scale_rad)`` (the x
+  confidence of a symmetric sample is pushed to 0, so that a mug whose handle is hidden
+  learns to trust its y axis alone), by binary cross-entropy on the logits (``conf_loss:
+  bce``). The earlier L1 on the sigmoid (``l1``) lets a head die: early on every x error is
+  large, the target is 0 everywhere, the sigmoid saturates and its gradient vanishes; the
+  shipped files up to 2026-12-04 have an x confidence of 0 for every class;
 * translation and size: L1 in metres;
 * orthogonality (asymmetric samples): ``|y . x|`` of the predicted unit axes, which the
   assembly otherwise has to resolve by its confidences;
@@ -42,6 +45,13 @@ class LossWeights:
     orthogonality: float = 0.0
     point_matching: float = 0.0
     conf_scale_rad: float = 0.1
+    conf_loss: str = "bce"  # "bce" on the logits, or "l1" on the sigmoid (files before 12-04)
+
+    def __post_init__(self) -> None:
+        if self.conf_loss not in ("bce", "l1"):
+            raise ValueError(
+                f"loss config: conf_loss must be 'bce' or 'l1', not {self.conf_loss!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +94,13 @@ def pose_losses(
         ang_x = torch.acos((x_pred * x_gt).sum(-1).clamp(-1.0, 1.0))
         target_y = torch.exp(-ang_y / weights.conf_scale_rad)
         target_x = torch.exp(-ang_x / weights.conf_scale_rad) * asym
-    loss_conf = (out["conf_y"] - target_y).abs().mean() + (out["conf_x"] - target_x).abs().mean()
+    if weights.conf_loss == "bce":
+        targets = torch.stack([target_y, target_x], dim=-1)
+        loss_conf = 2.0 * F.binary_cross_entropy_with_logits(out["conf_logits"], targets)
+    else:
+        loss_conf = (
+            (out["conf_y"] - target_y).abs().mean() + (out["conf_x"] - target_x).abs().mean()
+        )
 
     loss_t = (out["t"] - t).abs().sum(-1).mean()
     loss_s = (out["size"] - size).abs().sum(-1).mean()

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M, SYMMETRIC_CATEGORIES
 from clipose_ros.model.config import dataclass_from_dict
 
-MODEL_VERSION = "clipose-pose-1"
+MODEL_VERSION = "clipose-pose-2"  # 2: axis confidences (B, 2) out; 1: one (B,)
 _POOLED_HEAD_NAMES = ("trunk", "rot_head", "ts_head", "point_head")
 HEAD_LAYOUTS = ("pooled", "pointwise", "hybrid")
 
@@ -457,6 +457,7 @@ class PoseNet(nn.Module):
             "x": x,
             "conf_y": conf[:, 0],
             "conf_x": conf[:, 1],
+            "conf_logits": rot[:, 6:8],  # (B, 2): y, x before the sigmoid (the loss reads these)
             "t": t,
             "size": size,
             "point_coords": coords,  # object-frame coordinates of the fine points
@@ -468,15 +469,16 @@ class PoseNet(nn.Module):
     def forward(
         self, points: Tensor, class_ids: Tensor, cut_dir: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """R (B, 3, 3), t (B, 3), size (B, 3), confidence (B,).
+        """R (B, 3, 3), t (B, 3), size (B, 3), axis confidences (B, 2): y, x.
 
         For the symmetric classes the x axis carries no information: the rotation then keeps
-        the predicted y axis exactly and the confidence is the y axis' alone.
+        the predicted y axis exactly and the x confidence is 0. (Files of ``clipose-pose-1``
+        return one confidence (B,), the product for asymmetric classes.)
         """
         out = self.predict(points, class_ids, cut_dir)
         idx = (class_ids - 1).clamp(0, self.num_classes - 1)
         sym = self.symmetric_class.index_select(0, idx)
         conf_x = out["conf_x"] * (1.0 - sym)
         R = assemble_rotation(out["y"], out["x"], out["conf_y"], conf_x)
-        conf = out["conf_y"] * torch.where(sym > 0.5, torch.ones_like(conf_x), out["conf_x"])
+        conf = torch.stack([out["conf_y"], conf_x], dim=-1)
         return R, out["t"], out["size"].clamp_min(1e-3), conf

@@ -90,8 +90,14 @@ def frame_result(
     label: nf.FrameLabel,
     poses: list[ObjectPose],
     model_extents: dict[str, np.ndarray] | None = None,
+    ranking: str = "detection",
 ) -> dict:
-    """The NOCS-convention result dict of one frame (gt in the OpenCV frame)."""
+    """The NOCS-convention result dict of one frame (gt in the OpenCV frame).
+
+    ``pred_scores`` rank the predictions: the detector's score (``ranking="detection"``), or
+    that times the pose network's rotation confidence (``"pose"``; 1 where an estimator has
+    none). The confidences are kept as ``pred_pose_confidences`` either way.
+    """
     n = len(label)
     gt_extents = np.array(
         [nf.instance_extents(prefix, label, i, model_extents) for i in range(n)]
@@ -110,7 +116,7 @@ def frame_result(
         label.scales,
         gt_extents,
         [p.class_id for p in poses],
-        [p.score for p in poses],
+        [ranking_score(p, ranking) for p in poses],
         np.array([p.R for p in poses]).reshape(-1, 3, 3),
         np.array([p.t for p in poses]).reshape(-1, 3),
         pred_s.reshape(-1),
@@ -118,7 +124,20 @@ def frame_result(
         gt_handle_visibility=label.handle_visibility,
         gt_bboxes=label.bboxes,
         pred_bboxes=np.array([p.bbox for p in poses]).reshape(-1, 4),
+        pred_pose_confidences=np.array([p.pose_confidence for p in poses], dtype=np.float64),
     )
+
+
+RANKINGS = ("detection", "pose")
+
+
+def ranking_score(pose: ObjectPose, ranking: str) -> float:
+    """The score a prediction is ranked by in the APs (see :func:`frame_result`)."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, not {ranking!r}")
+    if ranking == "pose" and np.isfinite(pose.pose_confidence):
+        return float(pose.score * pose.pose_confidence)
+    return float(pose.score)
 
 
 GT_COLOR = (0, 220, 0)
@@ -146,8 +165,11 @@ def run_evaluation(
     progress: bool = True,
     vis_frames: int = 0,
     model_extents: dict[str, np.ndarray] | None = None,
+    ranking: str = "detection",
 ) -> dict:
     """Run ``estimator`` over every frame below ``data`` and score it; returns the metrics.
+
+    ``ranking``: what orders the predictions in the APs (:func:`frame_result`).
 
     The first ``vis_frames`` frames are also drawn with their boxes into ``out/vis``. A
     segmenter that times itself (``last_timings["segment_ms"]``) gets its median into the
@@ -171,7 +193,7 @@ def run_evaluation(
         if estimator.needs_nocs_map:
             attach_model_names(prefix, label, instances)
         poses = estimator.estimate(frame, instances)
-        result = frame_result(prefix, label, poses, model_extents)
+        result = frame_result(prefix, label, poses, model_extents, ranking)
         result["image_path"] = str(prefix)
         key = frame_key(data, prefix)
         metrics.save_result(results_dir / f"results_{key}.pkl", result)
@@ -184,6 +206,7 @@ def run_evaluation(
     scores["data"] = str(data)
     scores["estimator"] = type(estimator).__name__
     scores["segmenter"] = type(masks).__name__
+    scores["ranking"] = ranking
     if segment_ms:
         scores["segment_ms_median"] = float(np.median(segment_ms))
         log.info("segmentation: median %.1f ms per frame", scores["segment_ms_median"])
@@ -259,6 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         "--mug-meta", type=Path, default=None,
         help="SPD's mug_meta.pkl for the NOCS-map reference (default: obj_models/ beside --data)",
     )
+    parser.add_argument(
+        "--ranking", choices=RANKINGS, default="detection",
+        help="what orders the predictions in the APs: the detector's score, or that times the "
+        "pose network's rotation confidence (with ground-truth masks every detection scores 1 "
+        "and each AP is then about the hit rate squared)",
+    )
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument(
         "--vis", type=int, default=8, help="draw boxes on the first N frames into OUT/vis"
@@ -278,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = run_evaluation(
             args.data, estimator, masks, args.out, nf.resolve_intrinsics(args.intrinsics),
             args.max_frames, vis_frames=args.vis, model_extents=model_extents,
+            ranking=args.ranking,
         )
     except (
         nf.NocsFormatError, FileNotFoundError, ValueError, SegmenterWeightsError, ModelFileError
