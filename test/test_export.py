@@ -162,9 +162,12 @@ def test_axis_confidences_keep_the_turn_about_y_only_where_it_is_defined():
     np.testing.assert_allclose(axis_confidences(conf, mug, True, True), conf)
     np.testing.assert_allclose(axis_confidences(conf, mug, False, False), conf)
     assert np.isnan(axis_confidences(conf, mug, False, True)[1])
-    # files of clipose-pose-1 (one value, the x confidence dead): no confidence at all
+    # files of clipose-pose-1 (one value): the y confidence of a symmetric class; for the
+    # others a product with a dead x confidence, so none at all
     pose.axis_confidence = axis_confidences(np.float64(0.3), camera, False, True)
     assert np.isnan(pose.pose_confidence)
+    pose.axis_confidence = axis_confidences(np.float64(0.3), bowl, False, True)
+    assert pose.pose_confidence == pytest.approx(0.3)
     assert np.isnan(ObjectPose(camera, 1.0, np.eye(3), np.zeros(3), np.ones(3)).pose_confidence)
 
 

@@ -307,11 +307,12 @@ def axis_confidences(
     """(y, x) confidences of one object as :class:`ObjectPose` keeps them: x is NaN for the
     symmetric classes and for a mug whose handle the depth search did not find (its turn
     about y is then unknown, and the NOCS metric scores it as symmetric). ``conf`` is the
-    network's (y, x), or the one value of a ``clipose-pose-1`` file, whose x confidence had
-    died in training (``model/losses.py``): that gives no confidence at all."""
+    network's (y, x), or the one value of a ``clipose-pose-1`` file: the y confidence for the
+    symmetric classes, else a product with an x confidence that had died in training
+    (``model/losses.py``), which gives no confidence at all."""
     conf = np.atleast_1d(np.asarray(conf, dtype=np.float64))
     if conf.size == 1:
-        return np.full(2, np.nan)
+        return np.array([conf[0] if is_symmetric(class_id) else np.nan, np.nan])
     mug_without_handle = class_id == CLASS_IDS["mug"] and handle_search and not handle_seen
     turn_undefined = is_symmetric(class_id) or mug_without_handle
     return np.array([conf[0], np.nan if turn_undefined else conf[1]])
