@@ -259,6 +259,11 @@ def test_detections_tf_and_poses_round_trip():
     mug_centre = rc.pose_from_message(mug.bbox.center)[1]
     offset = poses[1].R.T @ (mug_centre - poses[1].t)
     assert offset[0] > 0.005 and abs(offset[1]) < 1e-9 and abs(offset[2]) < 1e-9
+    assert not any(d.results[0].pose.covariance.any() for d in det.detections)  # unknown
+    covariances = [np.diag([1.0, 2, 3, 4, 5, 6]), np.arange(36.0).reshape(6, 6)]
+    with_cov = rc.detection_array(HEADER, poses, covariances=covariances)
+    for d, cov in zip(with_cov.detections, covariances, strict=True):
+        np.testing.assert_array_equal(np.reshape(d.results[0].pose.covariance, (6, 6)), cov)
     back = rc.poses_from_detections(det)
     assert [b.key for b in back] == ["laptop_4", "mug_7"]
     assert np.allclose(back[1].t, poses[1].t) and back[1].class_id == CLASS_IDS["mug"]

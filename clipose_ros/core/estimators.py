@@ -193,6 +193,8 @@ class CliposeEstimator:
         self._subset_step = int(meta.get("net", {}).get("n_graph", self.points_config.n_points))
         # a network that reads where the image border cuts the mask (NetConfig.cut_input)
         self.cut_input = bool(meta.get("net", {}).get("cut_input", False))
+        # the confidence target's angle scale in training (core/uncertainty.py reads it)
+        self.conf_scale_rad = float((meta.get("loss_weights") or {}).get("conf_scale_rad", 0.1))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handle_seen: list[bool] = []
 

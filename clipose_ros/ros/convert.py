@@ -410,18 +410,23 @@ def detection_array(
     poses: Sequence[ObjectPose],
     ids: Sequence[str] | None = None,
     boxes: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    covariances: Sequence[np.ndarray] | None = None,
 ) -> Detection3DArray:
-    """One Detection3D per object: category name and score, the object frame's pose in the
-    hypothesis, the posed box (centre, full size in metres) in ``bbox``, the id in ``id``.
+    """One Detection3D per object: category name and detection score, the object frame's pose
+    (with its 6 x 6 covariance when given, else zeros: unknown) in the hypothesis, the posed
+    box (centre, full size in metres) in ``bbox``, the id in ``id``.
 
     Ids default to the poses' keys, boxes to :func:`clipose_ros.core.boxes.object_box`.
     """
     detections = []
     for i, p in enumerate(poses):
         centre, size = boxes[i] if boxes is not None else object_box(p)
+        with_covariance = PoseWithCovariance(pose=pose_message(p.R, p.t))
+        if covariances is not None:
+            with_covariance.covariance = np.asarray(covariances[i], dtype=np.float64).reshape(36)
         hypothesis = ObjectHypothesisWithPose(
             hypothesis=ObjectHypothesis(class_id=p.class_name, score=float(p.score)),
-            pose=PoseWithCovariance(pose=pose_message(p.R, p.t)),
+            pose=with_covariance,
         )
         bbox = BoundingBox3D(
             center=pose_message(p.R, centre),

@@ -79,8 +79,10 @@ class Monitor(Node):
             truth_msg = self.truth.get(stamp)
         received = time.time_ns()
         preds = rc.poses_from_detections(msg)
+        covariances = [np.asarray(d.results[0].pose.covariance, dtype=np.float64).reshape(6, 6)
+                       for d in msg.detections if d.results]
         entry = {"stamp_ns": stamp, "received_ns": received, "preds": preds,
-                 "frame_id": msg.header.frame_id, "matches": None}
+                 "covariances": covariances, "frame_id": msg.header.frame_id, "matches": None}
         if truth_msg is not None:
             truths = rc.poses_from_detections(truth_msg)
             symmetric = [truth_is_symmetric(t.key) for t in truths]

@@ -91,6 +91,9 @@ class PoseNodeConfig:
     border_fit: bool = param(True, "For an object the image border cuts, move its box towards "
         "the cut until the points on its far side reach the box (the network centres it on the "
         "part it sees)")
+    translation_stddev: float = param(0.01, "Standard deviation (m) stated for each object's "
+        "position in the Detection3D covariance (the rotation's comes from the network's axis "
+        "confidences; README, \"Pose confidence\")", 0.0, 10.0)
     track_match_distance: float = param(0.1, "Largest centre jump (m) between frames for one "
         "object", 0.001, 5.0)
     track_max_missed: int = param(5, "Frames an object may go unseen and keep its id", 0, 10_000)
