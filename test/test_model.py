@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M
+from clipose_ros.categories import CATEGORIES, MEAN_SIZES_M, SYMMETRIC_CATEGORIES
 from clipose_ros.geometry import rotation_about_axis
 from clipose_ros.model.losses import LossWeights, pose_losses
 from clipose_ros.model.network import NetConfig, PoseNet, assemble_rotation, knn
@@ -54,7 +54,7 @@ def test_output_shapes_and_features():
     R, t, size, conf = net(pts, cls)
     assert R.shape == (6, 3, 3) and t.shape == (6, 3) and size.shape == (6, 3)
     assert conf.shape == (6, 2) and ((conf >= 0) & (conf <= 1)).all()
-    symmetric = torch.tensor([CATEGORIES[c - 1] in ("bottle", "bowl", "can") for c in cls])
+    symmetric = torch.tensor([CATEGORIES[c - 1] in SYMMETRIC_CATEGORIES for c in cls])
     assert torch.all(conf[symmetric, 1] == 0) and torch.all(conf[~symmetric, 1] > 0)
     assert (size > 0).all()
     assert net.features(pts, cls).shape == (6, net.feature_dim)
@@ -179,7 +179,6 @@ def test_symmetric_samples_get_no_x_axis_gradient():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-
 def test_a_saturated_confidence_still_learns_under_bce_and_dies_under_l1():
     """The shipped files' x confidence sat at 0 for every class: L1 on a saturated sigmoid has
     no gradient. With exact axes the target is 1; the BCE loss pulls a logit of -20 up."""
@@ -206,6 +205,7 @@ def test_a_saturated_confidence_still_learns_under_bce_and_dies_under_l1():
     assert grads["l1"].abs().max() < 1e-7
     with pytest.raises(ValueError, match="conf_loss"):
         LossWeights(conf_loss="mse")
+
 
 def test_scriptable_and_equal_to_eager():
     net = make_net().eval()

@@ -28,6 +28,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
+from clipose_ros.categories import SYMMETRIC_CATEGORIES
 from clipose_ros.core.scoring import summarise
 from clipose_ros.core.uncertainty import UNDEFINED_ANGLE_VARIANCE
 from clipose_ros.data.replay import load_frames, render_scenes
@@ -288,7 +289,7 @@ def test_end_to_end_with_the_shipped_models(shipped):
             np.testing.assert_allclose(cov[:3, :3], np.eye(3) * 1e-4, atol=1e-12)
             np.testing.assert_allclose(cov, cov.T, atol=1e-12)
             assert np.all(np.linalg.eigvalsh(cov[3:, 3:]) > 0)
-            if pose.class_name in ("bottle", "bowl", "can"):
+            if pose.class_name in SYMMETRIC_CATEGORIES:
                 turn = pose.R[:, 1] @ cov[3:, 3:] @ pose.R[:, 1]
                 assert turn == pytest.approx(UNDEFINED_ANGLE_VARIANCE, rel=1e-6)
     assert stated > 0, "no detection stated a covariance"
