@@ -10,7 +10,7 @@ import trimesh
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CLASS_IDS
 from clipose_ros.core.estimators import CliposeEstimator
-from clipose_ros.core.mug_handle import find_handle_direction, turn_to_handle
+from clipose_ros.core.mug_handle import find_handle, turn_to_handle
 from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.render import Light, RenderObject, render
@@ -58,9 +58,12 @@ def test_handle_found_from_a_wrong_yaw_and_an_offset_centre(index, yaw):
     # The network's typical mug error: up axis nearly right, yaw far off, centre a few mm off.
     wrong = R @ rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.radians(100.0))
     wrong = rotation_about_axis(np.array([0.0, 0.0, 1.0]), np.radians(3.0)) @ wrong
-    turned, seen = turn_to_handle(_points(depth, mask), wrong, t + [0.004, -0.002, 0.003],
-                                  size * 1.05)
-    assert seen
+    turned, handle = turn_to_handle(_points(depth, mask), wrong, t + [0.004, -0.002, 0.003],
+                                    size * 1.05)
+    assert handle is not None
+    # the evidence: one compact cluster holds most of the points outside the body
+    assert handle.share > 0.5 and handle.spread_deg < 30.0
+    np.testing.assert_allclose(turned[:, 0], handle.direction, atol=1e-9)
     assert rotation_angle_deg(turned, R) < 8.0
     np.testing.assert_allclose(turned @ turned.T, np.eye(3), atol=1e-9)
     assert np.linalg.det(turned) == pytest.approx(1.0)
@@ -73,25 +76,25 @@ def test_hidden_handle_keeps_the_pose():
     assert handle_px == 0
     wrong = R @ rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.radians(70.0))
     points = _points(depth, mask)
-    assert find_handle_direction(points, wrong, t, size) is None
-    turned, seen = turn_to_handle(points, wrong, t, size)
-    assert not seen and turned is wrong
+    assert find_handle(points, wrong, t, size) is None
+    turned, handle = turn_to_handle(points, wrong, t, size)
+    assert handle is None and turned is wrong
     # Cut the handle out of a view where it shows: the search must say it sees none.
     depth, mask, R, t, size, handle_px = _rendered_mug(0, 0.0)
     assert handle_px > 100
     points = _points(depth, mask)
     q = points - t
     across = np.linalg.norm(q - np.outer(q @ R[:, 1], R[:, 1]), axis=1)
-    assert find_handle_direction(points, wrong, t, size) is not None
-    assert find_handle_direction(points[across < 0.5 * size[2] * 1.02], wrong, t, size) is None
+    assert find_handle(points, wrong, t, size) is not None
+    assert find_handle(points[across < 0.5 * size[2] * 1.02], wrong, t, size) is None
 
 
 def test_too_few_or_degenerate_points_give_no_handle():
     R, t, size = np.eye(3), np.zeros(3), np.array([0.12, 0.1, 0.09])
-    assert find_handle_direction(np.zeros((3, 3)), R, t, size) is None
+    assert find_handle(np.zeros((3, 3)), R, t, size) is None
     ring = np.array([[0.045 * np.cos(a), 0.0, 0.045 * np.sin(a)]
                      for a in np.linspace(0, 2 * np.pi, 200)])
-    assert find_handle_direction(ring, R, t, size) is None  # a bare cylinder has no handle
+    assert find_handle(ring, R, t, size) is None  # a bare cylinder has no handle
 
 
 def test_estimator_turns_only_mugs_and_can_be_switched_off():

@@ -18,7 +18,7 @@ import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
-from clipose_ros.core.mug_handle import turn_to_handle
+from clipose_ros.core.mug_handle import Handle, turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import (
     backproject_pixels,
@@ -131,7 +131,8 @@ class CliposeEstimator:
 
     ``mug_handle``: turn each mug's predicted pose about its up axis to the handle found in
     its depth points (``core/mug_handle.py``); the network alone places handles poorly.
-    ``handle_seen`` of the last call says, per returned pose, whether that happened.
+    ``handles`` of the last call holds, per returned pose, the handle found (``Handle``, with
+    its evidence) or None; ``handle_seen`` says whether one was.
 
     ``border_fit``: for an object whose mask the image border cuts, move the box towards the
     cut until the points on the far side reach it (``core/border_fit.py``); the network does
@@ -196,7 +197,12 @@ class CliposeEstimator:
         # the confidence target's angle scale in training (core/uncertainty.py reads it)
         self.conf_scale_rad = float((meta.get("loss_weights") or {}).get("conf_scale_rad", 0.1))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
-        self.handle_seen: list[bool] = []
+        self.handles: list[Handle | None] = []
+
+    @property
+    def handle_seen(self) -> list[bool]:
+        """Per pose of the last call, whether a mug handle was found and the pose turned to it."""
+        return [h is not None for h in self.handles]
 
     @property
     def subsets(self) -> int:
@@ -251,7 +257,7 @@ class CliposeEstimator:
         points, kept, clouds = self._prepare(frame, instances)
         mid = time.perf_counter()
         poses: list[ObjectPose] = []
-        self.handle_seen = []
+        self.handles = []
         self.border_moved = []
         if kept:
             class_ids = [instances[i].class_id for i in kept]
@@ -278,10 +284,10 @@ class CliposeEstimator:
                                            size.reshape(k, n, 3), class_ids)
             for j, i in enumerate(kept):
                 inst = instances[i]
-                rot, seen = R[j], False
+                rot, handle = R[j], None
                 if self.mug_handle and inst.class_id == CLASS_IDS["mug"]:
-                    rot, seen = turn_to_handle(clouds[j], R[j], t[j], size[j])
-                self.handle_seen.append(seen)
+                    rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j])
+                self.handles.append(handle)
                 centre = t[j]
                 if self.border_fit:
                     centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cuts[j])
@@ -294,7 +300,7 @@ class CliposeEstimator:
                         t=centre,
                         size=size[j],
                         bbox=np.asarray(inst.bbox),
-                        axis_confidence=axis_confidences(conf[j], inst.class_id, seen,
+                        axis_confidence=axis_confidences(conf[j], inst.class_id, handle is not None,
                                                          self.mug_handle),
                     )
                 )

@@ -33,7 +33,7 @@ from clipose_ros.geometry import rotation_from_y
 
 @dataclass(frozen=True)
 class HandleSearch:
-    """Thresholds of :func:`find_handle_direction` (chosen on validation frames, not test)."""
+    """Thresholds of :func:`find_handle` (chosen on validation frames, not test)."""
 
     radius_ratio: float = 1.1
     reach_margin: float = 1.3
@@ -69,14 +69,24 @@ def _fit_circle(p2: np.ndarray, radius: float, steps: int) -> tuple[np.ndarray, 
     return centre, float(r)
 
 
-def find_handle_direction(
+@dataclass(frozen=True)
+class Handle:
+    """A handle found in a mug's depth points, with the evidence for it."""
+
+    direction: np.ndarray  # unit vector (camera frame) from the body axis to the handle
+    points: int  # points in the handle's cone
+    share: float  # their share of the points outside the body
+    spread_deg: float  # circular standard deviation of their directions about the axis
+
+
+def find_handle(
     points: np.ndarray,
     R: np.ndarray,
     t: np.ndarray,
     size: np.ndarray,
     search: HandleSearch | None = None,
-) -> np.ndarray | None:
-    """Unit vector (camera frame) from the body axis to the handle, or None if none is seen.
+) -> Handle | None:
+    """The handle of one mug, or None if none is seen.
 
     ``points`` (M, 3) are the mug's depth points in the camera frame (metres); ``R``, ``t``,
     ``size`` the predicted pose (the direction is perpendicular to ``R[:, 1]``).
@@ -106,9 +116,15 @@ def find_handle_direction(
     densest = _densest_cone(angle, np.radians(cfg.cluster_deg))
     if densest.sum() < cfg.min_points or densest.mean() < cfg.min_share:
         return None
-    mean = np.array([np.cos(angle[densest]).sum(), np.sin(angle[densest]).sum()])
-    mean /= np.linalg.norm(mean)
-    return mean[0] * across + mean[1] * depth_axis
+    mean = np.array([np.cos(angle[densest]).mean(), np.sin(angle[densest]).mean()])
+    resultant = float(np.linalg.norm(mean))  # 1 for a single direction, less for a spread
+    mean /= resultant
+    return Handle(
+        direction=mean[0] * across + mean[1] * depth_axis,
+        points=int(densest.sum()),
+        share=float(densest.mean()),
+        spread_deg=float(np.degrees(np.sqrt(-2.0 * np.log(min(resultant, 1.0))))),
+    )
 
 
 def _densest_cone(angle: np.ndarray, half_width: float, bins: int = 180) -> np.ndarray:
@@ -132,12 +148,12 @@ def turn_to_handle(
     t: np.ndarray,
     size: np.ndarray,
     search: HandleSearch | None = None,
-) -> tuple[np.ndarray, bool]:
-    """``R`` turned about its up axis so that x points at the handle, and whether one was seen.
+) -> tuple[np.ndarray, Handle | None]:
+    """``R`` turned about its up axis so that x points at the handle, and the handle found.
 
     The up axis is kept as predicted; with no handle seen ``R`` is returned unchanged.
     """
-    handle = find_handle_direction(points, R, t, size, search)
+    handle = find_handle(points, R, t, size, search)
     if handle is None:
-        return R, False
-    return rotation_from_y(R[:, 1], handle), True
+        return R, None
+    return rotation_from_y(R[:, 1], handle.direction), handle
