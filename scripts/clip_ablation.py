@@ -98,11 +98,39 @@ def run_command(cmd: list[str], log_file: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
+RUN_STAMP = "ablation_run.json"
+
+
+def check_run_config(job: dict) -> None:
+    """Refuse a run folder made with another base config: its checkpoints and scores belong to
+    another network, and going on from them would record a row under the wrong config hash.
+    The config is stamped into the folder when the run starts (folders from before the stamp
+    are taken as they are)."""
+    stamp = job["run"] / RUN_STAMP
+    if not stamp.is_file() or job.get("config") is None:
+        return
+    made_with = json.loads(stamp.read_text()).get("config")
+    if made_with != job["config"]:
+        raise SystemExit(
+            f"{job['run']} was made with base config {made_with}, this command's is "
+            f"{job['config']}: move the folder away or give another --out"
+        )
+
+
+def stamp_run(job: dict) -> None:
+    """Write the base config hash into the run folder (see :func:`check_run_config`)."""
+    job["run"].mkdir(parents=True, exist_ok=True)
+    stamp = job["run"] / RUN_STAMP
+    if not stamp.is_file():
+        stamp.write_text(json.dumps({"config": job.get("config")}) + "\n")
+
+
 def remaining_steps(job: dict, test_data: Path) -> list[tuple[str, list[str]]]:
     """The (name, command) steps a run still needs, so that an interrupted ablation goes on
     where it stopped: a training with a ``last.pt`` but no ``final.pt`` resumes from it (full-data
     arms take hours here and cross sessions), a finished training is only exported and scored."""
     run = job["run"]
+    check_run_config(job)
     if (run / "eval" / "metrics.json").is_file():
         return []
     py = sys.executable
@@ -302,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                     "train_args": train_args,
                     "instances": instances,
                     "seed": args.train_seed if args.train_seed is not None else seed,
+                    "config": config_hash(base),
                 }
             )
     todo = [j for j in jobs if remaining_steps(j, args.test_data)]
@@ -311,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     while todo or running:
         while todo and len(running) < args.parallel:
             job = todo.pop(0)
-            job["run"].mkdir(parents=True, exist_ok=True)
+            stamp_run(job)
             (name, cmd), *rest = remaining_steps(job, args.test_data)
             running.append((job, rest, run_command(cmd, job["run"] / f"{name}.out")))
         time.sleep(5)

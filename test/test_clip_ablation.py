@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,3 +83,21 @@ def test_recorded_rows_accumulate_across_sessions_on_the_same_data_only(tmp_path
     # a rerun of a run replaces its row
     again = ablation.recorded_rows(record, [_row("full", "a_pose", 0, 72.0)], fp)
     assert [(r["arm"], r["10deg5cm"]) for r in again] == [("a_pose", 72.0), ("c_full", 70.0)]
+
+
+def test_run_folder_made_with_another_config_is_refused(tmp_path):
+    """A default changed between sessions (a new loss) must not let a rerun pick up the old
+    network's finished run and record it under the new config."""
+    ablation = _ablation()
+    run = tmp_path / "scarce_a_pose"
+    old = {"run": run, "train_args": [], "config": "aaaa"}
+    ablation.stamp_run(old)
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text("{}")
+    assert ablation.remaining_steps(old, tmp_path / "test") == []
+    new = {**old, "config": "bbbb"}
+    with pytest.raises(SystemExit, match="aaaa.*bbbb"):
+        ablation.remaining_steps(new, tmp_path / "test")
+    ablation.stamp_run(new)  # an existing stamp is never overwritten
+    with pytest.raises(SystemExit):
+        ablation.remaining_steps(new, tmp_path / "test")
