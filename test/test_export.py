@@ -16,6 +16,7 @@ import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CATEGORIES
 from clipose_ros.core.estimators import CliposeEstimator, axis_confidences
+from clipose_ros.core.mug_handle import Handle, handle_confidence
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import rotation_angle_deg
 from clipose_ros.model.checkpoint import CheckpointError, save_checkpoint
@@ -153,20 +154,24 @@ def test_axis_confidences_keep_the_turn_about_y_only_where_it_is_defined():
     mug, camera, bowl = (CATEGORIES.index(c) + 1 for c in ("mug", "camera", "bowl"))
     conf = np.array([0.8, 0.5])
     pose = ObjectPose(camera, 1.0, np.eye(3), np.zeros(3), np.ones(3),
-                      axis_confidence=axis_confidences(conf, camera, False, True))
+                      axis_confidence=axis_confidences(conf, camera, handle_search=True))
     assert pose.pose_confidence == pytest.approx(0.4)
-    pose.axis_confidence = axis_confidences(conf, bowl, False, True)
+    pose.axis_confidence = axis_confidences(conf, bowl, handle_search=True)
     assert np.isnan(pose.axis_confidence[1]) and pose.pose_confidence == pytest.approx(0.8)
-    # a mug: the handle found in the depth points, or the network's turn kept (no search),
-    # needs both axes; a handle not found leaves the turn about y undefined
-    np.testing.assert_allclose(axis_confidences(conf, mug, True, True), conf)
-    np.testing.assert_allclose(axis_confidences(conf, mug, False, False), conf)
-    assert np.isnan(axis_confidences(conf, mug, False, True)[1])
+    # a mug: without the search the network's turn is kept with its confidence; a handle not
+    # found leaves the turn about y undefined; a handle found speaks for the turn itself
+    np.testing.assert_allclose(axis_confidences(conf, mug, handle_search=False), conf)
+    assert np.isnan(axis_confidences(conf, mug, handle_search=True)[1])
+    tight = Handle(np.array([1.0, 0.0, 0.0]), points=64, share=0.9, spread_deg=4.0)
+    loose = Handle(np.array([1.0, 0.0, 0.0]), points=16, share=0.6, spread_deg=12.0)
+    found = axis_confidences(conf, mug, True, tight, conf_scale_rad=0.1)
+    assert found[0] == 0.8 and found[1] == pytest.approx(handle_confidence(tight, 0.1))
+    assert axis_confidences(conf, mug, True, loose, 0.1)[1] < found[1]
     # files of clipose-pose-1 (one value): the y confidence of a symmetric class; for the
     # others a product with a dead x confidence, so none at all
-    pose.axis_confidence = axis_confidences(np.float64(0.3), camera, False, True)
+    pose.axis_confidence = axis_confidences(np.float64(0.3), camera, handle_search=True)
     assert np.isnan(pose.pose_confidence)
-    pose.axis_confidence = axis_confidences(np.float64(0.3), bowl, False, True)
+    pose.axis_confidence = axis_confidences(np.float64(0.3), bowl, handle_search=True)
     assert pose.pose_confidence == pytest.approx(0.3)
     assert np.isnan(ObjectPose(camera, 1.0, np.eye(3), np.zeros(3), np.ones(3)).pose_confidence)
 

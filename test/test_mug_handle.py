@@ -10,7 +10,13 @@ import trimesh
 
 from clipose_ros.categories import CAMERA_INTRINSICS, CLASS_IDS
 from clipose_ros.core.estimators import CliposeEstimator
-from clipose_ros.core.mug_handle import find_handle, turn_to_handle
+from clipose_ros.core.mug_handle import (
+    Handle,
+    HandleCalibration,
+    find_handle,
+    handle_confidence,
+    turn_to_handle,
+)
 from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.render import Light, RenderObject, render
@@ -63,6 +69,8 @@ def test_handle_found_from_a_wrong_yaw_and_an_offset_centre(index, yaw):
     assert handle is not None
     # the evidence: one compact cluster holds most of the points outside the body
     assert handle.share > 0.5 and handle.spread_deg < 30.0
+    # a clean rendered handle: the turn is trusted (at most exp(-3 deg / 0.1 rad) = 0.59)
+    assert handle_confidence(handle, 0.1) > 0.4
     np.testing.assert_allclose(turned[:, 0], handle.direction, atol=1e-9)
     assert rotation_angle_deg(turned, R) < 8.0
     np.testing.assert_allclose(turned @ turned.T, np.eye(3), atol=1e-9)
@@ -113,3 +121,18 @@ def test_estimator_turns_only_mugs_and_can_be_switched_off():
     np.testing.assert_allclose(mug_on.R[:, 1], mug_off.R[:, 1] / np.linalg.norm(
         mug_off.R[:, 1]), atol=1e-9)
     assert rotation_angle_deg(mug_on.R, R) < 10.0
+
+
+def test_handle_confidence_falls_with_the_spread_of_the_handle_directions():
+    cal = HandleCalibration()
+    best = np.exp(-np.radians(cal.right_turn_error_deg) / 0.1)
+
+    def conf(points, spread_deg, scale=0.1):
+        return handle_confidence(Handle(np.array([1.0, 0.0, 0.0]), points, 0.8, spread_deg),
+                                 scale)
+
+    assert conf(40, 0.01) == pytest.approx(best, rel=1e-6)
+    # a spread at the calibration's midpoint: even odds of a right turn
+    assert conf(40, cal.spread_mid_deg) == pytest.approx(best / 2)
+    assert conf(40, 4.0) > 0.9 * best and conf(40, 20.0) < 0.1 * best
+    assert conf(40, 4.0, scale=0.2) > conf(40, 4.0)  # the network's scale carries over

@@ -18,7 +18,7 @@ import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
-from clipose_ros.core.mug_handle import Handle, turn_to_handle
+from clipose_ros.core.mug_handle import Handle, handle_confidence, turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.geometry import (
     backproject_pixels,
@@ -300,8 +300,9 @@ class CliposeEstimator:
                         t=centre,
                         size=size[j],
                         bbox=np.asarray(inst.bbox),
-                        axis_confidence=axis_confidences(conf[j], inst.class_id, handle is not None,
-                                                         self.mug_handle),
+                        axis_confidence=axis_confidences(
+                            conf[j], inst.class_id, self.mug_handle, handle, self.conf_scale_rad
+                        ),
                     )
                 )
         end = time.perf_counter()
@@ -310,20 +311,30 @@ class CliposeEstimator:
 
 
 def axis_confidences(
-    conf: np.ndarray, class_id: int, handle_seen: bool, handle_search: bool
+    conf: np.ndarray,
+    class_id: int,
+    handle_search: bool = False,
+    handle: Handle | None = None,
+    conf_scale_rad: float = 0.1,
 ) -> np.ndarray:
-    """(y, x) confidences of one object as :class:`ObjectPose` keeps them: x is NaN for the
-    symmetric classes and for a mug whose handle the depth search did not find (its turn
-    about y is then unknown, and the NOCS metric scores it as symmetric). ``conf`` is the
+    """(y, x) confidences of one object as :class:`ObjectPose` keeps them. ``conf`` is the
     network's (y, x), or the one value of a ``clipose-pose-1`` file: the y confidence for the
     symmetric classes, else a product with an x confidence that had died in training
-    (``model/losses.py``), which gives no confidence at all."""
+    (``model/losses.py``), which gives no confidence at all.
+
+    x is NaN for the symmetric classes and for a mug whose handle the depth search
+    (``handle_search``) did not find: its turn about y is then unknown (the NOCS metric scores
+    it as symmetric). A mug turned to a ``handle`` found gets the search's confidence in that
+    turn (:func:`handle_confidence`): the network's x confidence speaks for a turn not kept."""
     conf = np.atleast_1d(np.asarray(conf, dtype=np.float64))
     if conf.size == 1:
-        return np.array([conf[0] if is_symmetric(class_id) else np.nan, np.nan])
-    mug_without_handle = class_id == CLASS_IDS["mug"] and handle_search and not handle_seen
-    turn_undefined = is_symmetric(class_id) or mug_without_handle
-    return np.array([conf[0], np.nan if turn_undefined else conf[1]])
+        conf = np.array([conf[0] if is_symmetric(class_id) else np.nan, np.nan])
+    if is_symmetric(class_id):
+        return np.array([conf[0], np.nan])
+    if class_id == CLASS_IDS["mug"] and handle_search:
+        turn = np.nan if handle is None else handle_confidence(handle, conf_scale_rad)
+        return np.array([conf[0], turn])
+    return conf[:2].copy()
 
 
 def average_poses(
