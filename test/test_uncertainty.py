@@ -7,7 +7,12 @@ import pytest
 
 from clipose_ros.categories import CLASS_IDS
 from clipose_ros.core.structures import ObjectPose
-from clipose_ros.core.uncertainty import UNDEFINED_ANGLE_VARIANCE, angle_stddev, pose_covariance
+from clipose_ros.core.uncertainty import (
+    DEFAULT_CONF_SCALE_RAD,
+    UNDEFINED_ANGLE_VARIANCE,
+    angle_stddev,
+    pose_covariance,
+)
 from clipose_ros.geometry import rotation_about_axis
 
 SCALE = 0.1  # the training default, loss.conf_scale_rad
@@ -50,3 +55,10 @@ def test_an_undefined_turn_and_an_unknown_confidence():
     # no confidences at all: ROS's "covariance unknown", all zeros
     unknown = ObjectPose(CLASS_IDS["mug"], 0.9, R, np.zeros(3), np.ones(3))
     assert not pose_covariance(unknown, SCALE, 0.01).any()
+
+
+def test_default_scale_is_the_trainings():
+    """Files without loss metadata are read on the scale training uses by default."""
+    from clipose_ros.model.losses import LossWeights
+
+    assert LossWeights().conf_scale_rad == DEFAULT_CONF_SCALE_RAD

@@ -20,6 +20,7 @@ from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
 from clipose_ros.core.mug_handle import Handle, handle_confidence, turn_to_handle
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
+from clipose_ros.core.uncertainty import DEFAULT_CONF_SCALE_RAD
 from clipose_ros.geometry import (
     backproject_pixels,
     ransac_umeyama,
@@ -195,7 +196,8 @@ class CliposeEstimator:
         # a network that reads where the image border cuts the mask (NetConfig.cut_input)
         self.cut_input = bool(meta.get("net", {}).get("cut_input", False))
         # the confidence target's angle scale in training (core/uncertainty.py reads it)
-        self.conf_scale_rad = float((meta.get("loss_weights") or {}).get("conf_scale_rad", 0.1))
+        self.conf_scale_rad = float((meta.get("loss_weights") or {}).get(
+            "conf_scale_rad", DEFAULT_CONF_SCALE_RAD))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handles: list[Handle | None] = []
 
@@ -315,7 +317,7 @@ def axis_confidences(
     class_id: int,
     handle_search: bool = False,
     handle: Handle | None = None,
-    conf_scale_rad: float = 0.1,
+    conf_scale_rad: float = DEFAULT_CONF_SCALE_RAD,
 ) -> np.ndarray:
     """(y, x) confidences of one object as :class:`ObjectPose` keeps them. ``conf`` is the
     network's (y, x), or the one value of a ``clipose-pose-1`` file: the y confidence for the

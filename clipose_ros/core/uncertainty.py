@@ -21,6 +21,8 @@ from clipose_ros.core.structures import ObjectPose
 
 UNDEFINED_ANGLE_VARIANCE = np.pi**2 / 3.0  # an angle uniform on (-pi, pi]
 MIN_ANGLE_STDDEV = np.radians(0.5)  # a confidence of 1 does not mean an exact rotation
+# the training default (model/losses.py LossWeights), for model files that do not store theirs
+DEFAULT_CONF_SCALE_RAD = 0.1
 
 
 def angle_stddev(confidence: float, conf_scale_rad: float) -> float:

@@ -35,7 +35,7 @@ from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from clipose_ros.core.pipeline import PosePipeline, build_pipeline, set_pose_subsets
-from clipose_ros.core.uncertainty import pose_covariance
+from clipose_ros.core.uncertainty import DEFAULT_CONF_SCALE_RAD, pose_covariance
 from clipose_ros.core.visualize import draw_overlay
 from clipose_ros.ros import convert as rc
 from clipose_ros.ros.parameters import (
@@ -377,7 +377,7 @@ class PoseNode(Node):
         p = self.config
         if p.publish_tf and result.poses:
             self.send_tf(rc.tf_message(header, result.poses, p.frame_prefix))
-        scale = getattr(self.pipeline.estimator, "conf_scale_rad", 0.1)
+        scale = getattr(self.pipeline.estimator, "conf_scale_rad", DEFAULT_CONF_SCALE_RAD)
         covariances = [pose_covariance(q, scale, p.translation_stddev) for q in result.poses]
         self.det_pub.publish(rc.detection_array(header, result.poses, covariances=covariances))
         if p.publish_markers:
