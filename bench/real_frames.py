@@ -14,7 +14,8 @@ What it reports (also in ``<out>/real_frames.json`` and ``real_frames.md``), wit
 - D435 mug: the IoU of the best mug mask with the frame's mask;
 - ten CAMERA frames (real backgrounds, rendered objects): mask mAP50 over the six categories
   against their masks and meta (class 0 is a distractor, not ground truth);
-- the pipeline (segmenter + pose network) on the REAL275 frame: which objects it publishes.
+- the pipeline (segmenter + pose network) on the REAL275 frame: which objects it publishes,
+  with their axis confidences (for a mug the turn's is the handle search's, none if no handle).
 
 These frames are for looking and smoke tests: a handful of real frames says little about
 accuracy, and nothing should be tuned on them.
@@ -182,6 +183,9 @@ def pipeline_real275(args, samples: Path, out: Path) -> dict:
         published.append({"class": p.class_name, "score": round(p.score, 3),
                           "t_m": [round(float(x), 3) for x in p.t],
                           "size_m": [round(float(x), 3) for x in p.size],
+                          # (up axis, turn about it); None: unknown or undefined
+                          "axis_confidence": [None if np.isnan(c) else round(float(c), 3)
+                                              for c in p.axis_confidence],
                           "on_object": near[0] if near else None})
     return {"published": published, "skipped": result.skipped,
             "phantoms": sum(p["on_object"] is None for p in published)}
@@ -206,7 +210,8 @@ def markdown(report: dict) -> str:
               f"Pipeline on the REAL275 frame: {len(p['published'])} objects published, "
               f"{p['phantoms']} not on a listed object"]
     lines += [f"- {x['class']} {x['score']} on {x['on_object']}, t {x['t_m']} m, size "
-              f"{x['size_m']} m" for x in p["published"]]
+              f"{x['size_m']} m, axis confidence (y, x) {x['axis_confidence']}"
+              for x in p["published"]]
     return "\n".join(lines) + "\n"
 
 
