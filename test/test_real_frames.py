@@ -50,6 +50,7 @@ def test_d435_mug_pose_points_at_its_handle():
 
     from clipose_ros.categories import CLASS_IDS
     from clipose_ros.core.estimators import CliposeEstimator
+    from clipose_ros.core.mug_handle import handle_confidence
     from clipose_ros.core.structures import Frame, Instance
 
     folder = SAMPLES / "d435_mug_sarnet"
@@ -64,3 +65,8 @@ def test_d435_mug_pose_points_at_its_handle():
     assert estimator.handle_seen == [True]
     assert pose.R[:, 1] @ np.array([0.0, -1.0, 0.0]) > np.cos(np.radians(45))  # upright
     assert pose.R[:, 0] @ np.array([-1.0, 0.0, 0.0]) > np.cos(np.radians(20))  # to the left
+    # a plain handle in full view: the search trusts its turn (the chance of a right turn
+    # above one half; the confidence's ceiling is exp(-3 deg / conf scale))
+    (handle,) = estimator.handles
+    assert pose.axis_confidence[1] == handle_confidence(handle, estimator.conf_scale_rad)
+    assert pose.axis_confidence[1] > 0.5 * np.exp(-np.radians(3.0) / estimator.conf_scale_rad)
