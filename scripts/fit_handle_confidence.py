@@ -22,6 +22,7 @@ from tqdm import tqdm
 from clipose_ros import metrics
 from clipose_ros.categories import CAMERA_INTRINSICS, CLASS_IDS
 from clipose_ros.core.estimators import CliposeEstimator
+from clipose_ros.core.mug_handle import HandleCalibration
 from clipose_ros.core.segmentation import build_segmenter
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.tools.evaluate import load_frame
@@ -45,9 +46,7 @@ def mug_samples(data: Path, model: Path, max_frames: int | None) -> tuple[np.nda
             i = min(truth, key=lambda k: np.linalg.norm(label.opencv_pose(k)[1] - pose.t))
             if not label.handle_visibility[i]:
                 continue
-            R, t = label.opencv_pose(i)
-            gt = np.eye(4)
-            gt[:3, :3], gt[:3, 3] = R, t
+            gt = metrics.compose_rt(*label.opencv_pose(i), 1.0)
             spread.append(estimator.handles[0].spread_deg)
             error.append(metrics.rotation_error_deg(gt, pose.matrix(), symmetric=False))
     return np.array(spread), np.array(error)
@@ -78,18 +77,18 @@ def main(argv: list[str] | None = None) -> None:
                          "too few, or one outcome only, to fit")
     w0, w1 = fit_logistic(np.log(spread), right)
     # sigmoid(w0 + w1 log s) = 1 / (1 + (s / mid) ** slope) with slope = -w1, mid = exp(-w0/w1)
-    mid, slope = float(np.exp(-w0 / w1)), float(-w1)
+    fitted = HandleCalibration(spread_mid_deg=float(np.exp(-w0 / w1)), slope=float(-w1),
+                               right_turn_error_deg=float(np.median(error[right > 0])))
     print(f"{len(spread)} mugs, {int(right.sum())} turned right; right turns' median error "
-          f"{np.median(error[right > 0]):.1f} deg")
-    print(f"HandleCalibration(spread_mid_deg={mid:.1f}, slope={slope:.1f}, "
-          f"right_turn_error_deg={np.median(error[right > 0]):.1f})")
-    predicted = 1.0 / (1.0 + (spread / mid) ** slope)
+          f"{fitted.right_turn_error_deg:.1f} deg")
+    print(f"HandleCalibration(spread_mid_deg={fitted.spread_mid_deg:.1f}, "
+          f"slope={fitted.slope:.1f}, right_turn_error_deg={fitted.right_turn_error_deg:.1f})")
+    predicted = fitted.right_turn_chance(spread)
     for lo, hi in ((0.0, 0.5), (0.5, 0.9), (0.9, 1.01)):
         m = (predicted >= lo) & (predicted < hi)
         if m.any():
             print(f"  predicted {lo:.1f}-{min(hi, 1.0):.1f}: {m.sum()} mugs, "
                   f"{100 * right[m].mean():.0f} % right")
-
 
 if __name__ == "__main__":
     main()

@@ -3,21 +3,12 @@ cross sessions, so a rerun must resume an unfinished training rather than start 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from file_modules import load_file_module
 
 
 def _ablation():
-    spec = importlib.util.spec_from_file_location(
-        "clip_ablation", ROOT / "scripts" / "clip_ablation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("scripts/clip_ablation.py", "clip_ablation")
 
 
 def test_rerun_resumes_unfinished_training_and_skips_finished_steps(tmp_path):

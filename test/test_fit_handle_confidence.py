@@ -3,22 +3,13 @@ and the shipped constants come from it."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from file_modules import load_file_module
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "fit_handle_confidence", ROOT / "scripts" / "fit_handle_confidence.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("scripts/fit_handle_confidence.py", "fit_handle_confidence")
 
 
 def test_logistic_fit_recovers_midpoint_and_slope():

@@ -20,6 +20,7 @@ import pytest
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
+from file_modules import load_file_module
 from rcl_interfaces.msg import Log
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from ros_harness import NodeProcess, Recorder
@@ -724,9 +725,7 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     assert set(config["/**/synthetic_camera"]["ros__parameters"]) == {p.name for p in CAMERA_PARAMS}
     for name, value in config["/**/pose_node"]["ros__parameters"].items():
         assert type(value) is type(declared[name].default), name
-    spec = importlib.util.spec_from_file_location("pose_launch", ROOT / "launch" / "pose.launch.py")
-    launch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch)  # module level needs no launch_ros
+    launch = load_file_module("launch/pose.launch.py", "pose_launch")  # needs no launch_ros
     assert set(launch.NODE_PARAMETERS) <= set(declared)
     assert set(launch.NODE_PARAMETERS) <= set(launch.ARGUMENTS)
     for name in launch.NODE_PARAMETERS:  # launch defaults = the node's defaults

@@ -64,6 +64,10 @@ class HandleCalibration:
     slope: float = 4.5
     right_turn_error_deg: float = 3.0
 
+    def right_turn_chance(self, spread_deg: np.ndarray | float) -> np.ndarray | float:
+        """The chance that the turn to a handle of this spread (degrees) is right."""
+        return 1.0 / (1.0 + (np.asarray(spread_deg) / self.spread_mid_deg) ** self.slope)
+
 
 def _fit_circle(p2: np.ndarray, radius: float, steps: int) -> tuple[np.ndarray, float]:
     """Centre and radius of the circle through the 2D points near ``radius`` about the origin.
@@ -169,7 +173,7 @@ def handle_confidence(
     confidence as ``exp(-angle error / conf_scale_rad)``: the chance that the turn is right
     times that value at a right turn's error (a wrong turn's is near zero)."""
     cal = calibration or HandleCalibration()
-    right = 1.0 / (1.0 + (handle.spread_deg / cal.spread_mid_deg) ** cal.slope)
+    right = cal.right_turn_chance(handle.spread_deg)
     return float(right * np.exp(-np.radians(cal.right_turn_error_deg) / conf_scale_rad))
 
 
