@@ -13,8 +13,10 @@ from clipose_ros.core.estimators import CliposeEstimator
 from clipose_ros.core.mug_handle import (
     Handle,
     HandleCalibration,
+    HandleSearch,
     find_handle,
     handle_confidence,
+    ring_points,
     turn_to_handle,
 )
 from clipose_ros.core.structures import Frame, Instance
@@ -35,9 +37,10 @@ def _tilted(yaw_deg: float, elevation_deg: float = 30.0) -> np.ndarray:
     return tilt @ upright @ rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.radians(yaw_deg))
 
 
-def _rendered_mug(index: int, yaw_deg: float, scale: float = 0.22):
+def _rendered_mug(index: int, yaw_deg: float, scale: float = 0.22, handle_mask: bool = False):
     """A generated mug rendered alone: (depth, mask, R, t, size, handle pixels), in its label
-    frame (body axis at the origin, handle at +x)."""
+    frame (body axis at the origin, handle at +x); ``handle_mask``: the handle's pixels (H, W)
+    instead of their count."""
     inst = make_instance("mug", "test", index)
     shift, nocs_scale = nf.symmetric_label_frame(inst.mesh.vertices)
     mesh = trimesh.Trimesh(nocs_scale * (inst.mesh.vertices + shift), inst.mesh.faces,
@@ -48,7 +51,8 @@ def _rendered_mug(index: int, yaw_deg: float, scale: float = 0.22):
                  Light(direction=np.array([0.3, -0.5, -1.0])))
     mask = out.depth > 0
     size = scale * 2.0 * np.abs(mesh.vertices).max(axis=0)
-    return out.depth, mask, R, t, size, int((out.part == PART_HANDLE).sum())
+    handle = (out.part == PART_HANDLE) & mask
+    return out.depth, mask, R, t, size, handle if handle_mask else int(handle.sum())
 
 
 def _points(depth, mask):
@@ -136,3 +140,60 @@ def test_handle_confidence_falls_with_the_spread_of_the_handle_directions():
     assert conf(40, cal.spread_mid_deg) == pytest.approx(best / 2)
     assert conf(40, 4.0) > 0.9 * best and conf(40, 20.0) < 0.1 * best
     assert conf(40, 4.0, scale=0.2) > conf(40, 4.0)  # the network's scale carries over
+
+
+def _wrong_yaw(R: np.ndarray) -> np.ndarray:
+    """The network's typical mug error: up axis nearly right, the turn about it far off."""
+    wrong = R @ rotation_about_axis(np.array([0.0, 1.0, 0.0]), np.radians(100.0))
+    return rotation_about_axis(np.array([0.0, 0.0, 1.0]), np.radians(3.0)) @ wrong
+
+
+@pytest.mark.parametrize("yaw", [-60.0, 0.0])
+def test_handle_cut_off_by_the_mask_is_found_around_it(yaw):
+    # A segmenter's mask that stops at the body: the handle's pixels are left out of it.
+    depth, mask, R, t, size, handle = _rendered_mug(3, yaw, handle_mask=True)
+    assert handle.sum() > 100
+    cut = mask & ~handle
+    points, wrong = _points(depth, cut), _wrong_yaw(R)
+    assert find_handle(points, wrong, t, size) is None  # the mask's points hold no handle
+    ring = ring_points(depth, cut, K, t, size)
+    assert len(ring) >= handle.sum() * 0.9  # the ring reaches the whole handle ...
+    assert not cut[tuple(np.round(_pixels(ring)).astype(int).T[::-1])].any()  # ... outside
+    turned, found = turn_to_handle(points, wrong, t, size, ring=ring)
+    assert found is not None and rotation_angle_deg(turned, R) < 8.0
+    # pixels that belong to another object are not the handle
+    assert len(ring_points(depth, cut, K, t, size, others=handle)) == len(ring) - handle.sum()
+    assert find_handle(points, wrong, t, size, ring=ring_points(
+        depth, cut, K, t, size, others=handle)) is None
+
+
+def _pixels(points: np.ndarray) -> np.ndarray:
+    """(u, v) image coordinates of camera-frame points."""
+    uvw = points @ K.T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def test_table_round_the_foot_is_not_a_handle():
+    # Handle hidden behind the body; a mask that spills onto the table in front of the foot
+    # (a patch of table points at the mug's base, within the handle's reach) and table all
+    # round it in the ring: neither may be taken for a handle.
+    depth, mask, R, t, size, handle_px = _rendered_mug(0, 90.0)
+    assert handle_px == 0
+    up, toward = R[:, 1], -t / np.linalg.norm(t)
+    toward = toward - (toward @ up) * up
+    toward /= np.linalg.norm(toward)
+    side = np.cross(up, toward)
+    rng = np.random.default_rng(0)
+    radius, base = 0.5 * size[2], t - 0.5 * size[1] * up
+
+    def table(n, angles):
+        r = rng.uniform(1.2 * radius, 0.5 * size[0] * 1.2, n)
+        return base + (r * np.cos(angles))[:, None] * toward + (r * np.sin(angles))[:, None] * side
+
+    spill = table(200, rng.uniform(-0.4, 0.4, 200))
+    around = table(2000, rng.uniform(-np.pi, np.pi, 2000))
+    points = np.vstack([_points(depth, mask), spill])
+    wrong = _wrong_yaw(R)
+    assert find_handle(points, wrong, t, size, HandleSearch(band=(-1.1, 1.1))) is not None
+    assert find_handle(points, wrong, t, size) is None
+    assert find_handle(points, wrong, t, size, ring=around) is None

@@ -18,7 +18,13 @@ import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
-from clipose_ros.core.mug_handle import Handle, handle_confidence, turn_to_handle
+from clipose_ros.core.mug_handle import (
+    Handle,
+    HandleSearch,
+    handle_confidence,
+    ring_points,
+    turn_to_handle,
+)
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.core.uncertainty import DEFAULT_CONF_SCALE_RAD
 from clipose_ros.geometry import (
@@ -200,6 +206,7 @@ class CliposeEstimator:
             "conf_scale_rad", DEFAULT_CONF_SCALE_RAD))
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handles: list[Handle | None] = []
+        self.handle_search = HandleSearch()
 
     @property
     def handle_seen(self) -> list[bool]:
@@ -288,7 +295,13 @@ class CliposeEstimator:
                 inst = instances[i]
                 rot, handle = R[j], None
                 if self.mug_handle and inst.class_id == CLASS_IDS["mug"]:
-                    rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j])
+                    ring = None
+                    if self.handle_search.ring:
+                        others = _union([o.mask for o in instances if o is not inst])
+                        ring = ring_points(frame.depth, inst.mask, frame.K, t[j], size[j],
+                                           self.handle_search, others)
+                    rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j],
+                                                 self.handle_search, ring)
                 self.handles.append(handle)
                 centre = t[j]
                 if self.border_fit:
@@ -337,6 +350,16 @@ def axis_confidences(
         turn = np.nan if handle is None else handle_confidence(handle, conf_scale_rad)
         return np.array([conf[0], turn])
     return conf[:2].copy()
+
+
+def _union(masks: list[np.ndarray]) -> np.ndarray | None:
+    """The pixels in any of ``masks`` (None for none)."""
+    if not masks:
+        return None
+    out = np.zeros(masks[0].shape, dtype=bool)
+    for mask in masks:
+        out |= mask.astype(bool)
+    return out
 
 
 def average_poses(

@@ -13,13 +13,19 @@ Steps, for one mug (labels put ``t`` on the body axis, so ``size[2] / 2`` is the
    surface, a few Gauss-Newton steps), since a centre a few millimetres off makes one side of
    the body look like a handle; an implausible fit keeps the network's centre;
 3. handle points: farther than ``radius_ratio`` times the predicted body radius from the
-   fitted centre, within the handle's reach and the mug's height;
+   fitted centre, within the handle's reach and a height band that leaves out the mug's foot
+   (a mask that spills onto the table puts a ring of points there), taken from the mask's
+   points and from those in a band of pixels around the mask (:func:`ring_points`; a
+   segmenter's mask often stops short of the handle, and structured-light depth can sit a
+   few pixels beside the colour image);
 4. their directions: the densest cone of ± ``cluster_deg`` must hold ``min_share`` of them and at
    least ``min_points``; its mean direction is the new x axis. Otherwise the pose is kept (no
    handle seen: the handle is hidden, a hole in the depth, or the points are too few).
 
 Measured on held-out generated frames (shipped network, 59 validation mugs with a visible
-handle): x axis within 10 deg for 78 % instead of 19 % (README, "Pose network").
+handle): x axis within 10 deg for 78 % instead of 19 % (README, "Pose network"). The height
+band and the ring (2026-12-05; 300 validation frames, visible-handle mugs within 10 deg and
+5 cm): segmenter masks 40 -> 80 %, ground-truth masks 69 -> 82 %.
 
 How far to trust a handle found (:func:`handle_confidence`): either the cone holds the handle
 and the turn is right to a few degrees, or it holds something else (a piece of the body the
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipose_ros.geometry import rotation_from_y
+from clipose_ros.geometry import backproject_pixels, rotation_from_y, valid_depth_pixels
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,17 @@ class HandleSearch:
 
     radius_ratio: float = 1.1
     reach_margin: float = 1.3
-    height_margin: float = 1.1
+    band: tuple[float, float] = (-0.5, 1.1)
     min_points: int = 10
     min_share: float = 0.5
     cluster_deg: float = 30.0
     fit_steps: int = 6
     max_points: int = 4096
+    # Points around the mask (``ring_points``): a segmenter's mask often stops short of a thin
+    # handle. They count only within the handle's height band (``ring_band``: from, to, in
+    # half heights of the mug about its centre), which leaves out the table round its foot.
+    ring: bool = True
+    ring_band: tuple[float, float] = (-0.3, 0.8)
 
 
 @dataclass(frozen=True)
@@ -109,30 +120,39 @@ def find_handle(
     t: np.ndarray,
     size: np.ndarray,
     search: HandleSearch | None = None,
+    ring: np.ndarray | None = None,
 ) -> Handle | None:
     """The handle of one mug, or None if none is seen.
 
     ``points`` (M, 3) are the mug's depth points in the camera frame (metres); ``R``, ``t``,
-    ``size`` the predicted pose (the direction is perpendicular to ``R[:, 1]``).
+    ``size`` the predicted pose (the direction is perpendicular to ``R[:, 1]``). ``ring``
+    (K, 3): depth points just outside the mask (:func:`ring_points`), used as handle
+    candidates only, within the narrower height band.
     """
     cfg = search or HandleSearch()
-    points = np.asarray(points, dtype=np.float64)
-    if len(points) > cfg.max_points:
-        points = points[np.linspace(0, len(points) - 1, cfg.max_points).astype(np.int64)]
+    points = _thin(np.asarray(points, dtype=np.float64), cfg.max_points)
     if len(points) < cfg.min_points:
         return None
+    n_mask = len(points)
+    if ring is not None and len(ring):
+        points = np.concatenate([points, _thin(np.asarray(ring, np.float64), cfg.max_points)])
     across, up, depth_axis = rotation_from_y(R[:, 1], R[:, 0]).T
     rel = points - np.asarray(t, dtype=np.float64)
     height = rel @ up
     p2 = np.stack([rel @ across, rel @ depth_axis], axis=1)
     body_radius = 0.5 * float(size[2])
-    centre, _ = _fit_circle(p2, body_radius, cfg.fit_steps)
+    centre, _ = _fit_circle(p2[:n_mask], body_radius, cfg.fit_steps)
     offset = p2 - centre
     dist = np.linalg.norm(offset, axis=1)
+    half_height = 0.5 * float(size[1])
+    low = np.full(len(points), cfg.band[0])
+    high = np.full(len(points), cfg.band[1])
+    low[n_mask:], high[n_mask:] = cfg.ring_band
+    in_band = (height > low * half_height) & (height < high * half_height)
     out = (
         (dist > cfg.radius_ratio * body_radius)
         & (dist < 0.5 * float(size[0]) * cfg.reach_margin)
-        & (np.abs(height) < 0.5 * float(size[1]) * cfg.height_margin)
+        & in_band
     )
     if out.sum() < cfg.min_points:
         return None
@@ -149,6 +169,51 @@ def find_handle(
         share=float(densest.mean()),
         spread_deg=float(np.degrees(np.sqrt(-2.0 * np.log(min(resultant, 1.0))))),
     )
+
+
+def _thin(points: np.ndarray, most: int) -> np.ndarray:
+    """At most ``most`` of the points, evenly spread over their order."""
+    if len(points) <= most:
+        return points
+    return points[np.linspace(0, len(points) - 1, most).astype(np.int64)]
+
+
+def ring_points(
+    depth: np.ndarray,
+    mask: np.ndarray,
+    K: np.ndarray,
+    t: np.ndarray,
+    size: np.ndarray,
+    search: HandleSearch | None = None,
+    others: np.ndarray | None = None,
+) -> np.ndarray:
+    """Camera-frame depth points (K, 3) in a band around ``mask`` as wide as the handle can
+    reach beyond the body at the mug's distance: where a handle cut off by the segmenter is.
+    Pixels in ``others`` (the other objects' masks) are left out; far background fails
+    :func:`find_handle`'s 3D tests."""
+    import cv2
+
+    cfg = search or HandleSearch()
+    z = float(t[2])
+    reach_m = 0.5 * float(size[0]) * cfg.reach_margin - 0.5 * float(size[2])
+    if not np.isfinite(z) or z <= 0 or reach_m <= 0:
+        return np.zeros((0, 3))
+    width = int(np.ceil(max(K[0, 0], K[1, 1]) * reach_m / z)) + 2
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return np.zeros((0, 3))
+    top, left = max(rows.min() - width, 0), max(cols.min() - width, 0)
+    bottom = min(rows.max() + width + 1, mask.shape[0])
+    right = min(cols.max() + width + 1, mask.shape[1])
+    outside = ~mask[top:bottom, left:right].astype(bool)
+    # distance of each pixel to the mask: linear time whatever the width (a dilation is not)
+    distance = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    band = outside & (distance <= width)
+    if others is not None:
+        band &= ~others[top:bottom, left:right].astype(bool)
+    sub = depth[top:bottom, left:right]
+    r, c = valid_depth_pixels(sub, band)
+    return backproject_pixels(depth, K, r + top, c + left) if len(r) else np.zeros((0, 3))
 
 
 def _densest_cone(angle: np.ndarray, half_width: float, bins: int = 180) -> np.ndarray:
@@ -183,12 +248,13 @@ def turn_to_handle(
     t: np.ndarray,
     size: np.ndarray,
     search: HandleSearch | None = None,
+    ring: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Handle | None]:
     """``R`` turned about its up axis so that x points at the handle, and the handle found.
 
     The up axis is kept as predicted; with no handle seen ``R`` is returned unchanged.
     """
-    handle = find_handle(points, R, t, size, search)
+    handle = find_handle(points, R, t, size, search, ring)
     if handle is None:
         return R, None
     return rotation_from_y(R[:, 1], handle.direction), handle
