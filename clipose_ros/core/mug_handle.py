@@ -66,14 +66,15 @@ class HandleSearch:
 class HandleCalibration:
     """How the spread of a handle's directions maps to the chance that the turn to it is right
     (within 10 deg): ``1 / (1 + (spread / spread_mid_deg) ** slope)``, and the turn error when
-    it is. Fitted by ``scripts/fit_handle_confidence.py`` (refit it for a new pose file) on 113
-    generated validation mugs with a visible handle and a handle found (``synth_val2``, seed 11:
-    none of the training or test scenes; the shipped pose file of 2026-12-04 20:20): predicted
-    above 0.9, 97 % were right; below 0.5, 17 %. Right turns are off by a median 3.0 deg."""
+    it is. Fitted by ``scripts/fit_handle_confidence.py`` (refit it for a new pose file or a
+    new search) on 119 generated validation mugs with a visible handle and a handle found
+    (``synth_val2``, seed 11: none of the training or test scenes; the shipped pose file of
+    2026-12-04 20:20, the search with its height band and ring of 2026-12-05): predicted
+    above 0.9, 98 % were right; below 0.5, none. Right turns are off by a median 2.8 deg."""
 
-    spread_mid_deg: float = 9.0
-    slope: float = 4.5
-    right_turn_error_deg: float = 3.0
+    spread_mid_deg: float = 11.3
+    slope: float = 4.2
+    right_turn_error_deg: float = 2.8
 
     def right_turn_chance(self, spread_deg: np.ndarray | float) -> np.ndarray | float:
         """The chance that the turn to a handle of this spread (degrees) is right."""
