@@ -125,6 +125,13 @@ def stamp_run(job: dict) -> None:
         stamp.write_text(json.dumps({"config": job.get("config")}) + "\n")
 
 
+def run_name(setting: str, arm: str, train_seed: int, config_seed: int) -> str:
+    """The run folder's name: ``<setting>_<arm>``, with ``_seed<N>`` for a seed other than the
+    config's, so that naming the config's own seed finds its run instead of starting another."""
+    suffix = "" if train_seed == config_seed else f"_seed{train_seed}"
+    return f"{setting}_{arm}{suffix}"
+
+
 def remaining_steps(job: dict, test_data: Path) -> list[tuple[str, list[str]]]:
     """The (name, command) steps a run still needs, so that an interrupted ablation goes on
     where it stopped: a training with a ``last.pt`` but no ``final.pt`` resumes from it (full-data
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     # the teacher's input size (the architecture's, no weights needed): one cache for all arms
     crop = load_clip(base["clip"]["model"], None, warn_random=False).image_size
     jobs = []
-    suffix = f"_seed{args.train_seed}" if args.train_seed is not None else ""
+    train_seed = seed if args.train_seed is None else args.train_seed
     for setting in args.settings.split(","):
         fraction = 1.0 if setting == "full" else args.fraction
         epochs = args.epochs_full if setting == "full" else args.epochs_scarce
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"data.rgb_crop_size={crop}",
                 f"train.threads={args.threads}",
                 f"train.val_every={epochs + 1}",  # validate after the last epoch only
-                *([f"train.seed={args.train_seed}"] if args.train_seed is not None else []),
+                *([f"train.seed={train_seed}"] if train_seed != seed else []),
                 *args.set,
                 *ARMS[arm],
             ]
@@ -326,10 +333,10 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "setting": setting,
                     "arm": arm,
-                    "run": args.out / f"{setting}_{arm}{suffix}",
+                    "run": args.out / run_name(setting, arm, train_seed, seed),
                     "train_args": train_args,
                     "instances": instances,
-                    "seed": args.train_seed if args.train_seed is not None else seed,
+                    "seed": train_seed,
                     "config": config_hash(base),
                 }
             )

@@ -92,3 +92,10 @@ def test_run_folder_made_with_another_config_is_refused(tmp_path):
     ablation.stamp_run(new)  # an existing stamp is never overwritten
     with pytest.raises(SystemExit):
         ablation.remaining_steps(new, tmp_path / "test")
+
+
+def test_run_names_give_the_configs_seed_one_folder():
+    ablation = _ablation()
+    assert ablation.run_name("scarce", "a_pose", 0, 0) == "scarce_a_pose"
+    assert ablation.run_name("scarce", "a_pose", 1, 0) == "scarce_a_pose_seed1"
+    assert ablation.run_name("full", "c_full", 0, 3) == "full_c_full_seed0"
