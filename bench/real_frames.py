@@ -15,7 +15,9 @@ What it reports (also in ``<out>/real_frames.json`` and ``real_frames.md``), wit
 - ten CAMERA frames (real backgrounds, rendered objects): mask mAP50 over the six categories
   against their masks and meta (class 0 is a distractor, not ground truth);
 - the pipeline (segmenter + pose network) on the REAL275 frame: which objects it publishes,
-  with their axis confidences (for a mug the turn's is the handle search's, none if no handle).
+  with their axis confidences (for a mug the turn's is the handle search's, none if no handle);
+- the pipeline on the D435 frame: the mug's pose, whether a handle was found (points, spread)
+  and which way its x axis points in the image (the handle is on the mug's left there, by eye).
 
 These frames are for looking and smoke tests: a handful of real frames says little about
 accuracy, and nothing should be tuned on them.
@@ -191,6 +193,39 @@ def pipeline_real275(args, samples: Path, out: Path) -> dict:
             "phantoms": sum(p["on_object"] is None for p in published)}
 
 
+def pipeline_d435(args, samples: Path, out: Path) -> dict:
+    from clipose_ros.core.pipeline import build_pipeline
+    from clipose_ros.core.visualize import draw_overlay
+
+    folder = samples / "d435_mug_sarnet"
+    rgb = read_rgb(folder / "0000_image.png")
+    depth = read_depth_mm(folder / "0000_depth.png")
+    truth = cv2.imread(str(folder / "0000_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    pipe = build_pipeline(args.pose_model, args.weights, imgsz=args.imgsz,
+                          score_threshold=args.score, threads=args.threads)
+    result = pipe.process(Frame(rgb, depth, D435_K))
+    save_rgb(out / "d435_poses.png", draw_overlay(rgb, D435_K, result.poses))
+    mugs = []
+    for p, handle in zip(result.poses, pipe.estimator.handles, strict=True):
+        if p.class_name != "mug":
+            continue
+        # the x axis as the image shows it: from the centre's pixel to the pixel 5 cm along x
+        ends = np.array([p.t, p.t + 0.05 * p.R[:, 0]]) @ D435_K.T
+        uv = ends[:, :2] / ends[:, 2:]
+        step = (uv[1] - uv[0]) / max(float(np.linalg.norm(uv[1] - uv[0])), 1e-9)
+        centre = np.round(uv[0]).astype(int)
+        inside = (0 <= centre[1] < truth.shape[0] and 0 <= centre[0] < truth.shape[1]
+                  and bool(truth[centre[1], centre[0]]))
+        mugs.append({"score": round(p.score, 3), "t_m": [round(float(x), 3) for x in p.t],
+                     "centre_on_mug": inside,
+                     "x_axis_in_image": [round(float(x), 2) for x in step],
+                     "handle": None if handle is None else
+                     {"points": handle.points, "spread_deg": round(handle.spread_deg, 1)},
+                     "axis_confidence": [None if np.isnan(c) else round(float(c), 3)
+                                         for c in p.axis_confidence]})
+    return {"mugs": mugs, "others": [p.class_name for p in result.poses if p.class_name != "mug"]}
+
+
 def markdown(report: dict) -> str:
     r, d, c, p = (report[k] for k in ("real275", "d435", "camera25", "pipeline"))
     lines = [f"# Real frames: `{report['weights']}` (input {report['input_hw']}, score >= "
@@ -212,6 +247,12 @@ def markdown(report: dict) -> str:
     lines += [f"- {x['class']} {x['score']} on {x['on_object']}, t {x['t_m']} m, size "
               f"{x['size_m']} m, axis confidence (y, x) {x['axis_confidence']}"
               for x in p["published"]]
+    m = report["pipeline_d435"]
+    lines += ["", f"Pipeline on the D435 frame: {len(m['mugs'])} mug(s), other objects "
+                  f"{m['others'] or 'none'}"]
+    lines += [f"- mug {x['score']}, centre on the mug {x['centre_on_mug']}, x axis in the image "
+              f"(u, v) {x['x_axis_in_image']} (handle on the left: about (-1, 0)), handle "
+              f"{x['handle']}, axis confidence (y, x) {x['axis_confidence']}" for x in m["mugs"]]
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
               "camera25": camera25(seg, args.samples, args.out)}
     report["pipeline"] = ({"published": [], "skipped": [], "phantoms": 0} if args.no_pipeline
                           else pipeline_real275(args, args.samples, args.out))
+    report["pipeline_d435"] = ({"mugs": [], "others": []} if args.no_pipeline
+                               else pipeline_d435(args, args.samples, args.out))
     (args.out / "real_frames.json").write_text(json.dumps(report, indent=1))
     (args.out / "real_frames.md").write_text(markdown(report))
     print(markdown(report))

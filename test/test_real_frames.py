@@ -42,6 +42,15 @@ def test_shipped_segmenter_masks_the_d435_mug(report):
     assert d435["mug_found"] and d435["mask_iou"] >= 0.75, d435
 
 
+def test_pipeline_turns_the_d435_mug_to_its_handle_with_the_segmenters_mask(report):
+    """The same mug through the whole pipeline: the segmenter's mask stops short of the handle,
+    which the search then finds in the pixels round the mask (core/mug_handle.ring_points)."""
+    (mug,) = report[0]["pipeline_d435"]["mugs"]
+    assert mug["centre_on_mug"] and mug["handle"] is not None, mug
+    assert mug["x_axis_in_image"][0] < -0.8, mug  # x points left, at the handle
+    assert (report[1] / "d435_poses.png").is_file()
+
+
 def test_d435_mug_pose_points_at_its_handle():
     """The real D435 mug (frame's own mask): its handle is on the left of the image, beside the
     body. The handle search must see it and turn x to it; the up axis stays the network's."""
