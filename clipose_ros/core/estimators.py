@@ -138,6 +138,8 @@ class CliposeEstimator:
 
     ``mug_handle``: turn each mug's predicted pose about its up axis to the handle found in
     its depth points (``core/mug_handle.py``); the network alone places handles poorly.
+    ``handle_search`` holds the search's thresholds (``HandleSearch``; its ``ring`` also looks
+    at the depth pixels round the mask, other instances' pixels left out).
     ``handles`` of the last call holds, per returned pose, the handle found (``Handle``, with
     its evidence) or None; ``handle_seen`` says whether one was.
 

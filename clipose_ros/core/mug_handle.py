@@ -49,6 +49,8 @@ class HandleSearch:
 
     radius_ratio: float = 1.1
     reach_margin: float = 1.3
+    # Heights of handle points from the mask, in half heights of the mug about its centre: the
+    # lowest quarter is left out (a mask that spills onto the table adds points round the foot).
     band: tuple[float, float] = (-0.5, 1.1)
     min_points: int = 10
     min_share: float = 0.5
