@@ -293,15 +293,17 @@ class CliposeEstimator:
                 n = len(kept)
                 R, t, size = average_poses(R.reshape(k, n, 3, 3), t.reshape(k, n, 3),
                                            size.reshape(k, n, 3), class_ids)
+            taken = None
             for j, i in enumerate(kept):
                 inst = instances[i]
                 rot, handle = R[j], None
                 if self.mug_handle and inst.class_id == CLASS_IDS["mug"]:
                     ring = None
                     if self.handle_search.ring:
-                        others = _union([o.mask for o in instances if o is not inst])
+                        if taken is None:  # every instance's pixels, once per frame
+                            taken = _union([o.mask for o in instances])
                         ring = ring_points(frame.depth, inst.mask, frame.K, t[j], size[j],
-                                           self.handle_search, others)
+                                           self.handle_search, taken)
                     rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j],
                                                  self.handle_search, ring)
                 self.handles.append(handle)

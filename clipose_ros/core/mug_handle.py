@@ -192,8 +192,8 @@ def ring_points(
 ) -> np.ndarray:
     """Camera-frame depth points (K, 3) in a band around ``mask`` as wide as the handle can
     reach beyond the body at the mug's distance: where a handle cut off by the segmenter is.
-    Pixels in ``others`` (the other objects' masks) are left out; far background fails
-    :func:`find_handle`'s 3D tests."""
+    Pixels in ``others`` (the objects' masks; this mug's own may be among them) are left out;
+    far background fails :func:`find_handle`'s 3D tests."""
     import cv2
 
     cfg = search or HandleSearch()
