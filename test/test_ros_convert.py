@@ -276,6 +276,25 @@ def test_detections_tf_and_poses_round_trip():
     assert np.allclose(rc.matrix_from_quaternion(q), poses[1].R)
 
 
+
+def test_a_reader_takes_the_best_hypothesis_of_each_detection():
+    # Another node's array may carry several hypotheses per detection, best not first.
+    first = rc.detection_array(HEADER, [posed("bowl", [0.1, 0, 0.8], key="d")],
+                               covariances=[np.eye(6)]).detections[0]
+    better = rc.detection_array(HEADER, [posed("mug", [-0.2, 0, 0.6], key="d")],
+                                covariances=[2 * np.eye(6)]).detections[0].results[0]
+    better.hypothesis.score = 0.9
+    first.results[0].hypothesis.score = 0.4
+    first.results.append(better)
+    assert rc.best_hypothesis(first) is better
+    msg = rc.detection_array(HEADER, [])
+    msg.detections.append(first)
+    (back,) = rc.poses_from_detections(msg)
+    assert back.class_id == CLASS_IDS["mug"] and back.score == pytest.approx(0.9)
+    assert np.allclose(back.t, [-0.2, 0, 0.6])
+    first.results.clear()
+    assert rc.best_hypothesis(first) is None and rc.poses_from_detections(msg) == []
+
 def test_markers_add_current_objects_and_delete_ended_ones():
     poses = [posed("bowl", [0, 0, 1], key="bowl_2")]
     markers = rc.marker_array(HEADER, poses, ["can_1"], "clipose").markers

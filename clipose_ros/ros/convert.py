@@ -439,6 +439,12 @@ def detection_array(
     return Detection3DArray(header=header, detections=detections)
 
 
+def best_hypothesis(det):
+    """The detection's highest-scoring ``ObjectHypothesisWithPose`` (None without results): what
+    a reader of the array takes as the detection's class, pose and covariance."""
+    return max(det.results, key=lambda r: r.hypothesis.score) if det.results else None
+
+
 def poses_from_detections(msg: Detection3DArray) -> list[ObjectPose]:
     """ObjectPoses back from a Detection3DArray (best hypothesis each; ``key`` = ``id``).
 
@@ -446,9 +452,9 @@ def poses_from_detections(msg: Detection3DArray) -> list[ObjectPose]:
     """
     poses = []
     for det in msg.detections:
-        if not det.results:
+        best = best_hypothesis(det)
+        if best is None:
             continue
-        best = max(det.results, key=lambda r: r.hypothesis.score)
         name = best.hypothesis.class_id
         if name not in CLASS_IDS:
             raise ValueError(f"detection {det.id!r}: unknown class {name!r} (known: {CATEGORIES})")

@@ -79,7 +79,9 @@ class Monitor(Node):
             truth_msg = self.truth.get(stamp)
         received = time.time_ns()
         preds = rc.poses_from_detections(msg)
-        covariances = [np.asarray(d.results[0].pose.covariance, dtype=np.float64).reshape(6, 6)
+        # the covariance of the hypothesis poses_from_detections reads the pose from
+        covariances = [np.asarray(rc.best_hypothesis(d).pose.covariance,
+                                  dtype=np.float64).reshape(6, 6)
                        for d in msg.detections if d.results]
         entry = {"stamp_ns": stamp, "received_ns": received, "preds": preds,
                  "covariances": covariances, "frame_id": msg.header.frame_id, "matches": None}
