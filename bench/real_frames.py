@@ -36,6 +36,7 @@ import numpy as np
 from clipose_ros.categories import CATEGORIES
 from clipose_ros.core.segmentation import YoloSegmenter
 from clipose_ros.core.structures import Frame, Instance
+from clipose_ros.geometry import project
 from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
 
@@ -210,8 +211,7 @@ def pipeline_d435(args, samples: Path, out: Path) -> dict:
         if p.class_name != "mug":
             continue
         # the x axis as the image shows it: from the centre's pixel to the pixel 5 cm along x
-        ends = np.array([p.t, p.t + 0.05 * p.R[:, 0]]) @ D435_K.T
-        uv = ends[:, :2] / ends[:, 2:]
+        uv = project(np.array([p.t, p.t + 0.05 * p.R[:, 0]]), D435_K)
         step = (uv[1] - uv[0]) / max(float(np.linalg.norm(uv[1] - uv[0])), 1e-9)
         centre = np.round(uv[0]).astype(int)
         inside = (0 <= centre[1] < truth.shape[0] and 0 <= centre[0] < truth.shape[1]

@@ -23,7 +23,12 @@ from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.render import Light, RenderObject, render
 from clipose_ros.data.shapes import PART_HANDLE, make_instance
-from clipose_ros.geometry import backproject_pixels, rotation_about_axis, rotation_angle_deg
+from clipose_ros.geometry import (
+    backproject_pixels,
+    project,
+    rotation_about_axis,
+    rotation_angle_deg,
+)
 
 K = np.asarray(CAMERA_INTRINSICS, dtype=np.float64)
 H, W = 480, 640
@@ -158,19 +163,13 @@ def test_handle_cut_off_by_the_mask_is_found_around_it(yaw):
     assert find_handle(points, wrong, t, size) is None  # the mask's points hold no handle
     ring = ring_points(depth, cut, K, t, size)
     assert len(ring) >= handle.sum() * 0.9  # the ring reaches the whole handle ...
-    assert not cut[tuple(np.round(_pixels(ring)).astype(int).T[::-1])].any()  # ... outside
+    assert not cut[tuple(np.round(project(ring, K)).astype(int).T[::-1])].any()  # ... outside
     turned, found = turn_to_handle(points, wrong, t, size, ring=ring)
     assert found is not None and rotation_angle_deg(turned, R) < 8.0
     # pixels that belong to another object are not the handle
     assert len(ring_points(depth, cut, K, t, size, others=handle)) == len(ring) - handle.sum()
     assert find_handle(points, wrong, t, size, ring=ring_points(
         depth, cut, K, t, size, others=handle)) is None
-
-
-def _pixels(points: np.ndarray) -> np.ndarray:
-    """(u, v) image coordinates of camera-frame points."""
-    uvw = points @ K.T
-    return uvw[:, :2] / uvw[:, 2:]
 
 
 def test_table_round_the_foot_is_not_a_handle():

@@ -301,7 +301,8 @@ class CliposeEstimator:
                     ring = None
                     if self.handle_search.ring:
                         if taken is None:  # every instance's pixels, once per frame
-                            taken = _union([o.mask for o in instances])
+                            taken = np.logical_or.reduce([o.mask.astype(bool)
+                                                          for o in instances])
                         ring = ring_points(frame.depth, inst.mask, frame.K, t[j], size[j],
                                            self.handle_search, taken)
                     rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j],
@@ -354,16 +355,6 @@ def axis_confidences(
         turn = np.nan if handle is None else handle_confidence(handle, conf_scale_rad)
         return np.array([conf[0], turn])
     return conf[:2].copy()
-
-
-def _union(masks: list[np.ndarray]) -> np.ndarray | None:
-    """The pixels in any of ``masks`` (None for none)."""
-    if not masks:
-        return None
-    out = np.zeros(masks[0].shape, dtype=bool)
-    for mask in masks:
-        out |= mask.astype(bool)
-    return out
 
 
 def average_poses(
