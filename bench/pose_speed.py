@@ -4,8 +4,9 @@ For batch sizes 1, 4, 8, 16 (1028 points each): median milliseconds per call, ob
 second, and the peak extra memory of a call (CPU: growth of the resident set size, sampled
 every millisecond from ``/proc/self/statm``; CUDA: ``max_memory_allocated``).
 Also the points preparation (mask + depth -> points) per object, which runs before the model,
-and the mug handle search (``core/mug_handle.py``) that follows it for each mug, and the fit of
-an object the image border cuts (``core/border_fit.py``).
+and the mug handle search (``core/mug_handle.py``) that follows it for each mug, the laptop lid
+fit (``core/laptop_lid.py``) for each laptop, and the fit of an object the image border cuts
+(``core/border_fit.py``).
 
     .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
 """
@@ -25,6 +26,7 @@ import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.core.border_fit import fit_to_far_side
+from clipose_ros.core.laptop_lid import turn_to_lid
 from clipose_ros.core.mug_handle import ring_points, turn_to_handle
 from clipose_ros.model.loader import load_pose_model
 from clipose_ros.points import PointsConfig, cut_sides, prepare_points
@@ -139,6 +141,31 @@ def bench_handle(repeats: int, count: int = 15000) -> float:
     return 1e3 * statistics.median(times)
 
 
+def bench_laptop_lid(repeats: int, count: int = 30000) -> float:
+    """Median ms of the lid fit of one laptop: ``count`` points (a laptop at 0.8 m), half on a
+    34 x 30 cm base, half on a lid hinged at its back edge and opened 110 deg, 3 mm noise."""
+    rng = np.random.default_rng(0)
+    half = count // 2
+    base = np.column_stack([rng.uniform(-0.15, 0.15, half), np.full(half, -0.09),
+                            rng.uniform(-0.17, 0.17, half)])
+    along = rng.uniform(0.0, 0.3, count - half)  # up the lid from the hinge at x = -0.15
+    opening = np.radians(110.0)
+    lid = np.column_stack([-0.15 + along * np.cos(opening), -0.09 + along * np.sin(opening),
+                           rng.uniform(-0.17, 0.17, count - half)])
+    points = np.concatenate([base, lid]) + rng.normal(0.0, 0.003, size=(count, 3))
+    R = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # y up in the image
+    points = points @ R.T + np.array([0.0, 0.0, 0.8])
+    turned = R @ np.array([[np.cos(0.5), 0.0, np.sin(0.5)], [0.0, 1.0, 0.0],
+                           [-np.sin(0.5), 0.0, np.cos(0.5)]])  # 29 deg off about y
+    t, size = np.array([0.0, 0.0, 0.8]), np.array([0.34, 0.2, 0.34])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        turn_to_lid(points, turned, t, size)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def bench_border_fit(repeats: int, count: int = 30000) -> float:
     """Median ms of the border fit of one cut object: the mask's border test on a 640x480
     mask and the fit on ``count`` points (a laptop at 0.8 m)."""
@@ -178,10 +205,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     points_ms = bench_points(args.repeats)
     handle_ms = bench_handle(args.repeats)
+    lid_ms = bench_laptop_lid(args.repeats)
     border_ms = bench_border_fit(args.repeats)
     load = os.getloadavg()[0]
     print(f"prepare_points: {points_ms:.2f} ms per object (640x480 frame, 18000-pixel mask)")
     print(f"mug handle search: {handle_ms:.2f} ms per mug (15000 points, with the ring)")
+    print(f"laptop lid fit: {lid_ms:.2f} ms per laptop (30000 points)")
     print(f"border fit: {border_ms:.2f} ms per cut object (30000 points, 640x480 mask)")
     print(f"torch {torch.__version__}, {args.threads} threads, load average {load:.1f}")
     print("| device | batch | median ms | objects/s | peak extra MB |")
@@ -198,6 +227,7 @@ def main() -> None:
                     "rows": rows,
                     "prepare_points_ms": points_ms,
                     "mug_handle_ms": handle_ms,
+                    "laptop_lid_ms": lid_ms,
                     "border_fit_ms": border_ms,
                     "threads": args.threads,
                     "load_average": load,

@@ -190,7 +190,10 @@ def pipeline_real275(args, samples: Path, out: Path) -> dict:
                           "axis_confidence": [None if np.isnan(c) else round(float(c), 3)
                                               for c in p.axis_confidence],
                           "on_object": near[0] if near else None})
-    return {"published": published, "skipped": result.skipped,
+    # laptops: the lid plane found in the depth and how far it turned the network's pose
+    lids = [{"points": lid.points, "inlier_fraction": round(lid.inlier_fraction, 3),
+             "turn_deg": round(lid.turn_deg, 2)} for lid in pipe.estimator.lids if lid]
+    return {"published": published, "skipped": result.skipped, "lids": lids,
             "phantoms": sum(p["on_object"] is None for p in published)}
 
 
@@ -247,6 +250,9 @@ def markdown(report: dict) -> str:
     lines += [f"- {x['class']} {x['score']} on {x['on_object']}, t {x['t_m']} m, size "
               f"{x['size_m']} m, axis confidence (y, x) {x['axis_confidence']}"
               for x in p["published"]]
+    lines += [f"- laptop lid in the depth: {x['points']} points on its plane "
+              f"({100 * x['inlier_fraction']:.0f} %), turned the network's pose by "
+              f"{x['turn_deg']}°" for x in p["lids"]]
     m = report["pipeline_d435"]
     lines += ["", f"Pipeline on the D435 frame: {len(m['mugs'])} mug(s), other objects "
                   f"{m['others'] or 'none'}"]

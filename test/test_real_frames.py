@@ -37,6 +37,15 @@ def test_shipped_segmenter_finds_the_real275_objects_and_no_phantoms(report):
     assert (out / "real275_seg.png").is_file() and (out / "real275_poses.png").is_file()
 
 
+def test_real_laptop_lid_is_found_and_agrees_with_the_network(report):
+    """The REAL275 laptop, seen whole: the lid plane in its real depth is found and gives the
+    turn the network gave it (the fit is there for laptops the network turns wrongly; on a
+    real lid it must not turn a right pose away)."""
+    (lid,) = report[0]["pipeline"]["lids"]
+    assert lid["inlier_fraction"] > 0.8 and lid["points"] > 500, lid
+    assert lid["turn_deg"] < 5.0, lid
+
+
 def test_shipped_segmenter_masks_the_d435_mug(report):
     d435 = report[0]["d435"]
     assert d435["mug_found"] and d435["mask_iou"] >= 0.75, d435

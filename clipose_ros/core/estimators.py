@@ -18,6 +18,7 @@ import numpy as np
 
 from clipose_ros.categories import CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
+from clipose_ros.core.laptop_lid import Lid, LidSearch, turn_to_lid
 from clipose_ros.core.mug_handle import (
     Handle,
     HandleSearch,
@@ -143,6 +144,11 @@ class CliposeEstimator:
     ``handles`` of the last call holds, per returned pose, the handle found (``Handle``, with
     its evidence) or None; ``handle_seen`` says whether one was.
 
+    ``laptop_lid``: turn each laptop's predicted pose about its up axis to the lid plane found
+    in its depth points (``core/laptop_lid.py``); the network alone often turns laptops the
+    image border cuts. ``lid_search`` holds the thresholds (``LidSearch``); ``lids`` of the
+    last call holds, per returned pose, the lid found or None.
+
     ``border_fit``: for an object whose mask the image border cuts, move the box towards the
     cut until the points on the far side reach it (``core/border_fit.py``); the network does
     not know the object is cut and centres it on the part it sees. ``border_moved`` of the
@@ -163,6 +169,7 @@ class CliposeEstimator:
         mug_handle: bool = True,
         subsets: int = 2,
         border_fit: bool = True,
+        laptop_lid: bool = True,
     ) -> None:
         import torch
 
@@ -175,6 +182,7 @@ class CliposeEstimator:
         self.model_path = str(model_path)
         self.mug_handle = bool(mug_handle)
         self.border_fit = bool(border_fit)
+        self.laptop_lid = bool(laptop_lid)
         self.subsets = subsets
 
     @classmethod
@@ -189,6 +197,7 @@ class CliposeEstimator:
         self.model_path = ""
         self.mug_handle = False  # validation scores the network itself
         self.border_fit = False
+        self.laptop_lid = False
         self.subsets = 1
         return self
 
@@ -209,6 +218,7 @@ class CliposeEstimator:
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handles: list[Handle | None] = []
         self.handle_search = HandleSearch()
+        self.lid_search = LidSearch()
 
     @property
     def handle_seen(self) -> list[bool]:
@@ -269,6 +279,7 @@ class CliposeEstimator:
         mid = time.perf_counter()
         poses: list[ObjectPose] = []
         self.handles = []
+        self.lids: list[Lid | None] = []
         self.border_moved = []
         if kept:
             class_ids = [instances[i].class_id for i in kept]
@@ -308,6 +319,10 @@ class CliposeEstimator:
                     rot, handle = turn_to_handle(clouds[j], R[j], t[j], size[j],
                                                  self.handle_search, ring)
                 self.handles.append(handle)
+                lid = None
+                if self.laptop_lid and inst.class_id == CLASS_IDS["laptop"]:
+                    rot, lid = turn_to_lid(clouds[j], R[j], t[j], size[j], self.lid_search)
+                self.lids.append(lid)
                 centre = t[j]
                 if self.border_fit:
                     centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cuts[j])

@@ -224,6 +224,7 @@ class PoseNode(Node):
             set_pose_subsets(estimator, config.pose_subsets)
             estimator.mug_handle = config.mug_handle
             estimator.border_fit = config.border_fit
+            estimator.laptop_lid = config.laptop_lid
         self.config = config
         self.pipeline.min_score = config.score_threshold
         self.pipeline.min_points = config.min_points

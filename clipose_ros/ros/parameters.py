@@ -91,6 +91,8 @@ class PoseNodeConfig:
     border_fit: bool = param(True, "For an object the image border cuts, move its box towards "
         "the cut until the points on its far side reach the box (the network centres it on the "
         "part it sees)")
+    laptop_lid: bool = param(True, "Turn each laptop's pose about its up axis to the lid plane "
+        "found in its depth points (the network alone often turns laptops the image border cuts)")
     translation_stddev: float = param(0.01, "Standard deviation (m) stated for each object's "
         "position in the Detection3D covariance (the rotation's comes from the network's axis "
         "confidences; README, \"Pose confidence\")", 0.0, 10.0)
