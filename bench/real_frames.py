@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from clipose_ros.categories import CATEGORIES
+from clipose_ros.core.pipeline import PosePipeline, build_pipeline
 from clipose_ros.core.segmentation import YoloSegmenter
 from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.geometry import project
@@ -162,15 +163,13 @@ def camera25(seg: YoloSegmenter, samples: Path, out: Path) -> dict:
             "n_gt": scores["n_gt"]}
 
 
-def pipeline_real275(args, samples: Path, out: Path) -> dict:
-    from clipose_ros.core.pipeline import build_pipeline
+def pipeline_real275(pipe: PosePipeline, samples: Path, out: Path) -> dict:
     from clipose_ros.core.visualize import draw_overlay
 
     folder = samples / "real275_cppf"
     rgb = read_rgb(folder / "0000_color.png")
     depth = read_depth_mm(folder / "0000_depth.png")
-    pipe = build_pipeline(args.pose_model, args.weights, imgsz=args.imgsz,
-                          score_threshold=args.score, threads=args.threads)
+    pipe.tracker.reset()  # each frame stands alone
     result = pipe.process(Frame(rgb, depth, REAL275_K))
     save_rgb(out / "real275_poses.png", draw_overlay(rgb, REAL275_K, result.poses))
     published = []
@@ -197,16 +196,14 @@ def pipeline_real275(args, samples: Path, out: Path) -> dict:
             "phantoms": sum(p["on_object"] is None for p in published)}
 
 
-def pipeline_d435(args, samples: Path, out: Path) -> dict:
-    from clipose_ros.core.pipeline import build_pipeline
+def pipeline_d435(pipe: PosePipeline, samples: Path, out: Path) -> dict:
     from clipose_ros.core.visualize import draw_overlay
 
     folder = samples / "d435_mug_sarnet"
     rgb = read_rgb(folder / "0000_image.png")
     depth = read_depth_mm(folder / "0000_depth.png")
     truth = cv2.imread(str(folder / "0000_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
-    pipe = build_pipeline(args.pose_model, args.weights, imgsz=args.imgsz,
-                          score_threshold=args.score, threads=args.threads)
+    pipe.tracker.reset()
     result = pipe.process(Frame(rgb, depth, D435_K))
     save_rgb(out / "d435_poses.png", draw_overlay(rgb, D435_K, result.poses))
     mugs = []
@@ -284,10 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
               "real275": real275(seg, args.samples, args.out),
               "d435": d435(seg, args.samples, args.out),
               "camera25": camera25(seg, args.samples, args.out)}
-    report["pipeline"] = ({"published": [], "skipped": [], "phantoms": 0} if args.no_pipeline
-                          else pipeline_real275(args, args.samples, args.out))
-    report["pipeline_d435"] = ({"mugs": [], "others": []} if args.no_pipeline
-                               else pipeline_d435(args, args.samples, args.out))
+    if args.no_pipeline:
+        report["pipeline"] = {"published": [], "skipped": [], "lids": [], "phantoms": 0}
+        report["pipeline_d435"] = {"mugs": [], "others": []}
+    else:
+        pipe = build_pipeline(args.pose_model, args.weights, imgsz=args.imgsz,
+                              score_threshold=args.score, threads=args.threads)
+        report["pipeline"] = pipeline_real275(pipe, args.samples, args.out)
+        report["pipeline_d435"] = pipeline_d435(pipe, args.samples, args.out)
     (args.out / "real_frames.json").write_text(json.dumps(report, indent=1))
     (args.out / "real_frames.md").write_text(markdown(report))
     print(markdown(report))
