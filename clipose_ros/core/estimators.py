@@ -16,8 +16,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clipose_ros.categories import CLASS_IDS, is_symmetric
+from clipose_ros.categories import CATEGORIES, CLASS_IDS, is_symmetric
 from clipose_ros.core.border_fit import fit_to_far_side
+from clipose_ros.core.box_fit import BOX_FIT_CLASSES, contain_points
 from clipose_ros.core.laptop_lid import Lid, LidSearch, turn_to_lid
 from clipose_ros.core.mug_handle import (
     Handle,
@@ -149,6 +150,10 @@ class CliposeEstimator:
     image border cuts. ``lid_search`` holds the thresholds (``LidSearch``); ``lids`` of the
     last call holds, per returned pose, the lid found or None.
 
+    ``box_fit``: slide each box the least distance that puts the object's depth points inside
+    it (``core/box_fit.py``; bowls, cameras, laptops and mugs); a segmenter's mask that spills
+    onto the background pulls the network's centre off the object.
+
     ``border_fit``: for an object whose mask the image border cuts, move the box towards the
     cut until the points on the far side reach it (``core/border_fit.py``); the network does
     not know the object is cut and centres it on the part it sees. ``border_moved`` of the
@@ -170,6 +175,7 @@ class CliposeEstimator:
         subsets: int = 2,
         border_fit: bool = True,
         laptop_lid: bool = True,
+        box_fit: bool = True,
     ) -> None:
         import torch
 
@@ -183,6 +189,7 @@ class CliposeEstimator:
         self.mug_handle = bool(mug_handle)
         self.border_fit = bool(border_fit)
         self.laptop_lid = bool(laptop_lid)
+        self.box_fit = bool(box_fit)
         self.subsets = subsets
 
     @classmethod
@@ -198,6 +205,7 @@ class CliposeEstimator:
         self.mug_handle = False  # validation scores the network itself
         self.border_fit = False
         self.laptop_lid = False
+        self.box_fit = False
         self.subsets = 1
         return self
 
@@ -324,9 +332,14 @@ class CliposeEstimator:
                     rot, lid = turn_to_lid(clouds[j], R[j], t[j], size[j], self.lid_search)
                 self.lids.append(lid)
                 centre = t[j]
+                if self.box_fit and CATEGORIES[inst.class_id - 1] in BOX_FIT_CLASSES:
+                    centre = contain_points(clouds[j], rot, centre, size[j])
+                moved = 0.0
                 if self.border_fit:
-                    centre = fit_to_far_side(clouds[j], rot, t[j], size[j], cuts[j])
-                self.border_moved.append(float(np.linalg.norm(centre - t[j])))
+                    fitted = fit_to_far_side(clouds[j], rot, centre, size[j], cuts[j])
+                    moved = float(np.linalg.norm(fitted - centre))
+                    centre = fitted
+                self.border_moved.append(moved)
                 poses.append(
                     ObjectPose(
                         class_id=inst.class_id,

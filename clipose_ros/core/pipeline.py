@@ -155,13 +155,15 @@ def build_pipeline(
     pose_subsets: int = 2,
     border_fit: bool = True,
     laptop_lid: bool = True,
+    box_fit: bool = True,
 ) -> PosePipeline:
     """The shipped pipeline: YOLO-seg segmenter + exported CLIPose model, both on ``device``.
 
     ``threads`` caps the segmenter back-end's CPU threads (None: its default); ``mug_handle``
     is the estimator's handle search (``core/mug_handle.py``), ``border_fit`` its fit of
     border-cut objects (``core/border_fit.py``), ``laptop_lid`` its turn of laptops to the lid
-    plane (``core/laptop_lid.py``), ``pose_subsets`` its number of
+    plane (``core/laptop_lid.py``), ``box_fit`` its slide of each box over the object's points
+    (``core/box_fit.py``), ``pose_subsets`` its number of
     point subsets (a ValueError names the range the model file allows). Missing or
     unusable files raise the loaders' errors (``ModelFileError``,
     ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
@@ -170,7 +172,8 @@ def build_pipeline(
     from clipose_ros.core.segmentation import YoloSegmenter
 
     estimator = CliposeEstimator(str(pose_model), device=device, seed=seed, mug_handle=mug_handle,
-                                 border_fit=border_fit, laptop_lid=laptop_lid)
+                                 border_fit=border_fit, laptop_lid=laptop_lid,
+                                 box_fit=box_fit)
     set_pose_subsets(estimator, pose_subsets)
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,

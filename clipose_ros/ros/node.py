@@ -225,6 +225,7 @@ class PoseNode(Node):
             estimator.mug_handle = config.mug_handle
             estimator.border_fit = config.border_fit
             estimator.laptop_lid = config.laptop_lid
+            estimator.box_fit = config.box_fit
         self.config = config
         self.pipeline.min_score = config.score_threshold
         self.pipeline.min_points = config.min_points

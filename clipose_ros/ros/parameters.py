@@ -88,6 +88,9 @@ class PoseNodeConfig:
         "poses averaged (1: once; 2: about 2x the pose time, more accurate)", 1, 8)
     mug_handle: bool = param(True, "Turn each mug's pose about its up axis to the handle found "
         "in its depth points (the network alone often misplaces the handle)")
+    box_fit: bool = param(True, "Slide each object's box the least distance that puts its depth "
+        "points inside it (a segmenter mask that spills onto the background pulls the network's "
+        "centre off the object)")
     border_fit: bool = param(True, "For an object the image border cuts, move its box towards "
         "the cut until the points on its far side reach the box (the network centres it on the "
         "part it sees)")

@@ -219,7 +219,7 @@ def run_evaluation(
 def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None = None,
                     model: Path | None = None, mug_handle: bool = True,
                     subsets: int = 2, border_fit: bool = True,
-                    laptop_lid: bool = True) -> PoseEstimator:
+                    laptop_lid: bool = True, box_fit: bool = True) -> PoseEstimator:
     if name == "nocs-map":
         path = mug_meta or (find_mug_meta(data) if data is not None else None)
         if path is None:
@@ -230,7 +230,7 @@ def build_estimator(name: str, data: Path | None = None, mug_meta: Path | None =
         if model is None:
             raise ValueError("--estimator clipose needs --model PATH (e.g. models/clipose_pose.pt)")
         return CliposeEstimator(str(model), mug_handle=mug_handle, subsets=subsets,
-                                border_fit=border_fit, laptop_lid=laptop_lid)
+                                border_fit=border_fit, laptop_lid=laptop_lid, box_fit=box_fit)
     raise ValueError(f"unknown estimator {name!r} (available: nocs-map, clipose)")
 
 
@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         "--no-border-fit", action="store_true",
         help="clipose: keep the network's centre for objects the image border cuts (no fit of "
         "the box to their far side)",
+    )
+    parser.add_argument(
+        "--no-box-fit", action="store_true",
+        help="clipose: keep the network's centre (no slide of the box over the object's points)",
     )
     parser.add_argument(
         "--no-laptop-lid", action="store_true",
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         estimator = build_estimator(
             args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle,
-            args.subsets, not args.no_border_fit, not args.no_laptop_lid,
+            args.subsets, not args.no_border_fit, not args.no_laptop_lid, not args.no_box_fit,
         )
         masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
                                 imgsz=args.seg_imgsz)

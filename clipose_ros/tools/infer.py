@@ -946,7 +946,7 @@ def main(argv: list[str] | None = None) -> None:
             tracker=tracker_config(node),
             seed=node.seed, threads=args.threads or None, mug_handle=node.mug_handle,
             pose_subsets=node.pose_subsets, border_fit=node.border_fit,
-            laptop_lid=node.laptop_lid,
+            laptop_lid=node.laptop_lid, box_fit=node.box_fit,
         )
     except RuntimeError as err:
         sys.exit(f"clipose-infer: {err}")
