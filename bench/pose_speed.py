@@ -5,8 +5,8 @@ second, and the peak extra memory of a call (CPU: growth of the resident set siz
 every millisecond from ``/proc/self/statm``; CUDA: ``max_memory_allocated``).
 Also the points preparation (mask + depth -> points) per object, which runs before the model,
 and the mug handle search (``core/mug_handle.py``) that follows it for each mug, the laptop lid
-fit (``core/laptop_lid.py``) for each laptop, and the fit of an object the image border cuts
-(``core/border_fit.py``).
+fit (``core/laptop_lid.py``) for each laptop, the slide of a box over its points
+(``core/box_fit.py``) and the fit of an object the image border cuts (``core/border_fit.py``).
 
     .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
 """
@@ -26,6 +26,7 @@ import torch
 
 from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.core.border_fit import fit_to_far_side
+from clipose_ros.core.box_fit import contain_points
 from clipose_ros.core.laptop_lid import turn_to_lid
 from clipose_ros.core.mug_handle import ring_points, turn_to_handle
 from clipose_ros.model.loader import load_pose_model
@@ -182,6 +183,21 @@ def bench_border_fit(repeats: int, count: int = 30000) -> float:
     return 1e3 * statistics.median(times)
 
 
+def bench_box_fit(repeats: int, count: int = 30000) -> float:
+    """Median ms of the slide of one box over ``count`` points (a laptop at 0.8 m) whose
+    third nearest the camera's right is a wall behind it: the slower, spread-wider case."""
+    rng = np.random.default_rng(0)
+    points = rng.uniform([-0.17, -0.1, 0.65], [0.17, 0.1, 0.95], size=(count, 3))
+    points[: count // 3, 0] += 0.3  # spilled onto the background: wider than the box
+    R, t, size = np.eye(3), np.array([0.05, 0.0, 0.8]), np.array([0.34, 0.2, 0.3])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        contain_points(points, R, t, size)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
@@ -207,10 +223,12 @@ def main() -> None:
     handle_ms = bench_handle(args.repeats)
     lid_ms = bench_laptop_lid(args.repeats)
     border_ms = bench_border_fit(args.repeats)
+    box_ms = bench_box_fit(args.repeats)
     load = os.getloadavg()[0]
     print(f"prepare_points: {points_ms:.2f} ms per object (640x480 frame, 18000-pixel mask)")
     print(f"mug handle search: {handle_ms:.2f} ms per mug (15000 points, with the ring)")
     print(f"laptop lid fit: {lid_ms:.2f} ms per laptop (30000 points)")
+    print(f"box fit: {box_ms:.2f} ms per object (30000 points, a third spilled)")
     print(f"border fit: {border_ms:.2f} ms per cut object (30000 points, 640x480 mask)")
     print(f"torch {torch.__version__}, {args.threads} threads, load average {load:.1f}")
     print("| device | batch | median ms | objects/s | peak extra MB |")
@@ -229,6 +247,7 @@ def main() -> None:
                     "mug_handle_ms": handle_ms,
                     "laptop_lid_ms": lid_ms,
                     "border_fit_ms": border_ms,
+                    "box_fit_ms": box_ms,
                     "threads": args.threads,
                     "load_average": load,
                 },
