@@ -123,7 +123,9 @@ def test_subsets_average_the_network_over_disjoint_point_subsets(exported):
     depth[30:80, 40:90] = 0.7 + 0.002 * np.arange(50)[None, :]
     frame = Frame(np.zeros((120, 160, 3), np.uint8), depth, CAMERA_INTRINSICS)
     insts = [Instance(c, 0.9, depth > 0, np.array([30, 40, 80, 90])) for c in (3, 1)]
-    one, two = (CliposeEstimator(str(path), subsets=k) for k in (1, 2))
+    # the network alone: no geometric fit after it (the box fit would move the centres)
+    one, two = (CliposeEstimator(str(path), subsets=k, box_fit=False, laptop_lid=False)
+                for k in (1, 2))
     points, _ = one.prepare(frame, insts)
     with torch.no_grad():
         R, t, size, conf = net(torch.from_numpy(np.roll(points, -128, axis=1)),
@@ -287,7 +289,8 @@ def test_a_cut_aware_model_is_told_which_image_borders_cut_each_mask(tmp_path):
     left[:, :60], inner[:, 60:] = depth[:, :60] > 0, depth[:, 60:] > 0
     insts = [Instance(3, 0.9, left, np.array([30, 0, 80, 50])),
              Instance(3, 0.9, inner, np.array([30, 90, 80, 140]))]
-    est = CliposeEstimator(str(path), subsets=2, mug_handle=False, border_fit=False)
+    est = CliposeEstimator(str(path), subsets=2, mug_handle=False, border_fit=False,
+                           box_fit=False, laptop_lid=False)
     assert est.cut_input
     points, _ = est.prepare(frame, insts)
     cut = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
