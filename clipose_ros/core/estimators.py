@@ -226,6 +226,7 @@ class CliposeEstimator:
         self.last_timings: dict[str, float] = {"points_ms": 0.0, "pose_ms": 0.0}
         self.handles: list[Handle | None] = []
         self.handle_search = HandleSearch()
+        self.lids: list[Lid | None] = []
         self.lid_search = LidSearch()
 
     @property
@@ -287,7 +288,7 @@ class CliposeEstimator:
         mid = time.perf_counter()
         poses: list[ObjectPose] = []
         self.handles = []
-        self.lids: list[Lid | None] = []
+        self.lids = []
         self.border_moved = []
         if kept:
             class_ids = [instances[i].class_id for i in kept]

@@ -69,7 +69,7 @@ def plane_inliers(
     points: np.ndarray, inlier_m: float, iterations: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Boolean mask (M,) of the points within ``inlier_m`` of the plane through three of them
-    that the most points lie near (``iterations`` random draws, all scored in one product)."""
+    that the most points lie near (``iterations`` random draws, all scored at once)."""
     picks = rng.integers(0, len(points), size=(iterations, 3))
     a, b, c = points[picks[:, 0]], points[picks[:, 1]], points[picks[:, 2]]
     normals = np.cross(b - a, c - a)
