@@ -8,7 +8,7 @@ and the mug handle search (``core/mug_handle.py``) that follows it for each mug,
 fit (``core/laptop_lid.py``) for each laptop, the slide of a box over its points
 (``core/box_fit.py``) and the fit of an object the image border cuts (``core/border_fit.py``).
 
-    .venv/bin/python bench/pose_speed.py --model models/clipose_pose.pt --threads 2
+    .venv/bin/python bench/pose_speed.py --model models/clipose_pose_clip.pt --threads 2
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from clipose_ros.core.laptop_lid import turn_to_lid
 from clipose_ros.core.mug_handle import ring_points, turn_to_handle
 from clipose_ros.model.loader import load_pose_model
 from clipose_ros.points import PointsConfig, cut_sides, prepare_points
+from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL
 
 
 def rss_bytes() -> int:
@@ -200,7 +201,7 @@ def bench_box_fit(repeats: int, count: int = 30000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_POSE_MODEL))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batches", default="1,4,8,16")

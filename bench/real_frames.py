@@ -2,7 +2,7 @@
 
 Usage:
   .venv/bin/python bench/real_frames.py [--weights models/yoloseg_coco_nocs.onnx] [--imgsz 320]
-      [--pose-model models/clipose_pose.pt] [--score 0.5] [--samples ../shared/real_samples]
+      [--pose-model models/clipose_pose_clip.pt] [--score 0.5] [--samples ../shared/real_samples]
       [--out bench_out/real_frames]
 
 What it reports (also in ``<out>/real_frames.json`` and ``real_frames.md``), with overlays
@@ -40,6 +40,7 @@ from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.geometry import project
 from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
+from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL275_K = np.array([[591.0125, 0, 322.525], [0, 590.16775, 244.11084], [0, 0, 1]])
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=ROOT / "models/yoloseg_coco_nocs.onnx")
     parser.add_argument("--imgsz", type=int, default=320, help="long side, for .pt weights")
-    parser.add_argument("--pose-model", type=Path, default=ROOT / "models/clipose_pose.pt")
+    parser.add_argument("--pose-model", type=Path, default=ROOT / DEFAULT_POSE_MODEL)
     parser.add_argument("--score", type=float, default=0.5, help="the node's score_threshold")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "real_samples")

@@ -24,7 +24,7 @@ ARGUMENTS = {
     "depth_topic": ("camera/aligned_depth_to_color/image_raw",
                     "Depth registered to the RGB image (16UC1 mm / 32FC1 m)"),
     "camera_info_topic": ("camera/color/camera_info", "CameraInfo of the RGB image"),
-    "pose_model": ("models/clipose_pose.pt", "Exported CLIPose TorchScript model"),
+    "pose_model": ("models/clipose_pose_clip.pt", "Exported CLIPose TorchScript model"),
     "segmenter_weights": ("models/yoloseg_coco_nocs.onnx",
                           "YOLO-seg weights (.onnx: fastest on a CPU; .pt for device cuda)"),
     "device": ("cpu", "cpu, cuda, cuda:N or auto"),

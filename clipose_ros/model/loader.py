@@ -17,8 +17,9 @@ import torch
 META_NAME = "clipose_meta.json"
 META_FORMAT = "clipose-pose-model"
 HOW_TO_GET = (
-    "the package ships models/clipose_pose.pt; to make one, train with `clipose-train` "
-    "and export with `clipose-export --checkpoint RUN/checkpoints/last.pt --out FILE.pt`"
+    "the package ships models/clipose_pose_clip.pt (the default) and models/clipose_pose.pt; "
+    "to make one, train with `clipose-train` and export with "
+    "`clipose-export --checkpoint RUN/checkpoints/last.pt --out FILE.pt`"
 )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from clipose_ros.core.tracking import TrackerConfig
 
 PACKAGE = "clipose_ros"
-DEFAULT_POSE_MODEL = "models/clipose_pose.pt"
+DEFAULT_POSE_MODEL = "models/clipose_pose_clip.pt"
 # COCO-pretrained, fine-tuned to the six categories: finds real objects (models/
 # yoloseg_coco_nocs.md; AGPL-3.0 weights). The ONNX export runs on OpenVINO on a CPU; with
 # device cuda pass models/yoloseg_coco_nocs.pt. models/yoloseg_synth.* is the from-scratch
