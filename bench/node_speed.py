@@ -34,6 +34,7 @@ from clipose_ros.ros.processes import (
     DDS_VARIABLES,
     config_file,
     node_commands,
+    parse_node_params,
     ros_environment,
     start_processes,
     stop_processes,
@@ -82,14 +83,10 @@ def main(argv: list[str] | None = None) -> None:
               "distractors": False}
     if args.source:
         camera["source"] = str(Path(args.source).resolve())
-    import yaml
-
-    node_params = {"device": args.device}
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--param {item!r}: expected NAME=VALUE")
-        node_params[name] = yaml.safe_load(value)
+    try:
+        node_params = {"device": args.device, **parse_node_params(args.param)}
+    except ValueError as err:
+        parser.error(str(err))
     commands = node_commands(config_file(), camera, node_params,
                              args.pose_node.split() if args.pose_node else None)
     log_dir = args.out.parent / "node_speed_logs"

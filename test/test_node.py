@@ -34,6 +34,7 @@ from clipose_ros.core.scoring import summarise
 from clipose_ros.core.uncertainty import UNDEFINED_ANGLE_VARIANCE
 from clipose_ros.data.replay import load_frames, render_scenes
 from clipose_ros.ros import convert as rc
+from clipose_ros.ros import processes
 from clipose_ros.ros.monitor import Monitor
 from clipose_ros.ros.parameters import CAMERA_PARAMS, DEFAULT_POSE_MODEL, POSE_NODE_PARAMS
 from clipose_ros.ros.processes import ros_environment
@@ -262,8 +263,8 @@ def shipped(ros, tmp_path_factory):
 
 def test_end_to_end_with_the_shipped_models(shipped):
     """Plumbing as with the doubles, and accuracy floors under what the shipped models measured
-    here (models/clipose_pose.md, models/yoloseg_coco_nocs.md): a regression guard, not the
-    bar."""
+    here (models/clipose_pose.md and clipose_pose_clip.md, models/yoloseg_coco_nocs.md): a
+    regression guard, not the bar."""
     frames, tf = shipped
     summary = check_end_to_end(frames, tf, "clipose/", min_frames=3 * SHIPPED_SCENES)
     print("shipped models end to end:", {k: v for k, v in summary.items() if k != "per_class"})
@@ -745,3 +746,18 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     rviz = yaml.safe_load((ROOT / "config" / "clipose.rviz").read_text())
     topics = {d.get("Topic", {}).get("Value") for d in rviz["Visualization Manager"]["Displays"]}
     assert {"/clipose/markers", "/clipose/debug_image"} <= topics
+
+
+def test_demo_param_overrides_reach_the_pose_node_command_and_unknown_names_are_refused():
+    """`clipose-demo --param NAME=VALUE` (as `bench/node_speed.py --param`): the value, read as
+    YAML, is passed to pose_node after the parameter file, so it wins; a misspelt name stops
+    the command before any process starts, naming the parameter."""
+    from clipose_ros.tools.demo import parse_args
+
+    cfg = parse_args(["--param", "score_threshold=0.3", "--param", "box_fit=false"])
+    node = cfg.commands()["pose_node"]
+    assert node.index("score_threshold:=0.3") > node.index("--params-file")
+    assert "box_fit:=false" in node
+    for bad, message in (("score=0.3", "no parameter 'score'"), ("box_fit", "NAME=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            processes.parse_node_params([bad])

@@ -67,6 +67,27 @@ def node_commands(params_file: Path, camera_overrides: dict | None = None,
     return {"synthetic_camera": camera, "pose_node": node}
 
 
+def parse_node_params(items: list[str]) -> dict:
+    """``NAME=VALUE`` strings (``--param`` options) as pose_node parameter overrides, values read
+    as YAML like the parameter file's. An unknown name or a missing ``=`` raises ValueError
+    before any process starts, rather than a node that refuses it later."""
+    import yaml
+
+    from clipose_ros.ros.parameters import POSE_NODE_PARAMS
+
+    known = {p.name for p in POSE_NODE_PARAMS}
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        if name not in known:
+            raise ValueError(f"--param {item!r}: pose_node has no parameter {name!r} "
+                             f"(it has: {', '.join(sorted(known))})")
+        params[name] = yaml.safe_load(value)
+    return params
+
+
 def start_processes(commands: dict[str, list[str]], log_dir: Path, env: dict[str, str]):
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = {}

@@ -45,6 +45,7 @@ class DemoConfig:
     pose_model: str = ""  # instead of config/pose.yaml's
     segmenter_weights: str = ""  # instead of config/pose.yaml's
     pose_node: list[str] = field(default_factory=list)  # command instead of the pose node
+    params: dict = field(default_factory=dict)  # further pose_node parameters (--param)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -61,7 +62,7 @@ class DemoConfig:
             camera["source"] = str(Path(self.source).resolve())
         if self.sensor:
             camera["sensor"] = self.sensor
-        node = {"device": self.device}
+        node = {"device": self.device, **self.params}
         if self.pose_model:
             node["pose_model"] = self.pose_model
         if self.segmenter_weights:
@@ -208,9 +209,13 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--pose-node", default="",
                         help="command that starts a pose node instead of clipose_ros.ros.node "
                              "(ROS arguments are appended)")
-    args = parser.parse_args(argv)
-    values = {**vars(args), "pose_node": args.pose_node.split()}
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="pose_node parameter instead of config/pose.yaml's (repeatable), "
+                             "e.g. --param score_threshold=0.3")
+    values = vars(parser.parse_args(argv))
     try:
+        values.update(pose_node=values["pose_node"].split(),
+                      params=processes.parse_node_params(values.pop("param")))
         return DemoConfig(**values)
     except ValueError as err:
         parser.error(str(err))
