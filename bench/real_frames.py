@@ -35,12 +35,16 @@ import numpy as np
 
 from clipose_ros.categories import CATEGORIES
 from clipose_ros.core.pipeline import PosePipeline, build_pipeline
-from clipose_ros.core.segmentation import YoloSegmenter
+from clipose_ros.core.segmentation import (
+    YoloSegmenter,
+    format_class_thresholds,
+    parse_class_thresholds,
+)
 from clipose_ros.core.structures import Frame, Instance
 from clipose_ros.geometry import project
 from clipose_ros.metrics import box_iou_2d as box_iou
 from clipose_ros.metrics import mask_ap, mask_iou
-from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL
+from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL, PoseNodeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL275_K = np.array([[591.0125, 0, 322.525], [0, 590.16775, 244.11084], [0, 0, 1]])
@@ -230,7 +234,7 @@ def pipeline_d435(pipe: PosePipeline, samples: Path, out: Path) -> dict:
 def markdown(report: dict) -> str:
     r, d, c, p = (report[k] for k in ("real275", "d435", "camera25", "pipeline"))
     lines = [f"# Real frames: `{report['weights']}` (input {report['input_hw']}, score >= "
-             f"{report['score']})", "",
+             f"{report['score']}; per class: {report['class_scores'] or 'none'})", "",
              f"REAL275 frame: **{r['found']} / {len(r['objects'])}** objects found with the right "
              f"class, **{len(r['false_positives'])}** false positive(s)", "",
              "| object | class | found | box IoU | score |", "|---|---|---|---|---|"]
@@ -265,7 +269,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", type=Path, default=ROOT / "models/yoloseg_coco_nocs.onnx")
     parser.add_argument("--imgsz", type=int, default=320, help="long side, for .pt weights")
     parser.add_argument("--pose-model", type=Path, default=ROOT / DEFAULT_POSE_MODEL)
-    parser.add_argument("--score", type=float, default=0.5, help="the node's score_threshold")
+    parser.add_argument("--score", type=float, default=None,
+                        help="the node's score_threshold (default: the node's)")
+    parser.add_argument("--class-scores", default=None,
+                        help="the node's class_score_thresholds, e.g. 'laptop:0.3' (default: "
+                        "the node's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=Path, default=ROOT.parent / "shared" / "real_samples")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_out" / "real_frames")
@@ -275,9 +283,14 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"real_frames: no real samples at {args.samples} (the shared folder); "
                  "pass --samples")
     args.out.mkdir(parents=True, exist_ok=True)
-    seg = YoloSegmenter(args.weights, imgsz=args.imgsz, score_threshold=args.score,
-                        threads=args.threads)
-    report = {"weights": str(args.weights), "score": args.score,
+    node = PoseNodeConfig()
+    score = node.score_threshold if args.score is None else args.score
+    class_scores = parse_class_thresholds(
+        node.class_score_thresholds if args.class_scores is None else args.class_scores)
+    seg = YoloSegmenter(args.weights, imgsz=args.imgsz, score_threshold=score,
+                        threads=args.threads, class_score_thresholds=class_scores)
+    report = {"weights": str(args.weights), "score": score,
+              "class_scores": format_class_thresholds(class_scores),
               "input_hw": list(seg.input_shape(480, 640)),
               "real275": real275(seg, args.samples, args.out),
               "d435": d435(seg, args.samples, args.out),
@@ -287,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["pipeline_d435"] = {"mugs": [], "others": []}
     else:
         pipe = build_pipeline(args.pose_model, args.weights, imgsz=args.imgsz,
-                              score_threshold=args.score, threads=args.threads)
+                              score_threshold=score, threads=args.threads,
+                              class_score_thresholds=class_scores)
         report["pipeline"] = pipeline_real275(pipe, args.samples, args.out)
         report["pipeline_d435"] = pipeline_d435(pipe, args.samples, args.out)
     (args.out / "real_frames.json").write_text(json.dumps(report, indent=1))

@@ -21,6 +21,7 @@ import pytest
 from clipose_ros.categories import SYMMETRIC_CATEGORIES
 from clipose_ros.core.pipeline import build_pipeline
 from clipose_ros.core.scoring import score_frame
+from clipose_ros.core.segmentation import parse_class_thresholds
 from clipose_ros.core.structures import Frame, ObjectPose
 from clipose_ros.data import nocs_format as nf
 from clipose_ros.data.exr import ExrError, read_exr_depth
@@ -28,6 +29,7 @@ from clipose_ros.data.synth import SynthConfig, generate
 from clipose_ros.ros.parameters import (
     DEFAULT_POSE_MODEL,
     DEFAULT_SEGMENTER_WEIGHTS,
+    PoseNodeConfig,
     resolve_model_path,
 )
 from clipose_ros.tools.infer import (
@@ -66,7 +68,9 @@ def generated(tmp_path_factory):
     generate(root, "test", 2, 3, seed=18, cfg=SynthConfig(), progress=False)
     prefixes = nf.list_frames(root / "test", labelled=True)
     pipeline = build_pipeline(resolve_model_path(DEFAULT_POSE_MODEL),
-                              resolve_model_path(DEFAULT_SEGMENTER_WEIGHTS))
+                              resolve_model_path(DEFAULT_SEGMENTER_WEIGHTS),
+                              class_score_thresholds=parse_class_thresholds(
+                                  PoseNodeConfig().class_score_thresholds))
     pipeline.warm_up()  # as the node and the tool do (it draws from the sampling generator)
     reference = []
     for prefix in prefixes:

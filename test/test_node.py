@@ -36,7 +36,12 @@ from clipose_ros.data.replay import load_frames, render_scenes
 from clipose_ros.ros import convert as rc
 from clipose_ros.ros import processes
 from clipose_ros.ros.monitor import Monitor
-from clipose_ros.ros.parameters import CAMERA_PARAMS, DEFAULT_POSE_MODEL, POSE_NODE_PARAMS
+from clipose_ros.ros.parameters import (
+    CAMERA_PARAMS,
+    DEFAULT_POSE_MODEL,
+    POSE_NODE_PARAMS,
+    PoseNodeConfig,
+)
 from clipose_ros.ros.processes import ros_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -542,8 +547,17 @@ class TestBadInput:
             refused = set_param("track_match_distance", -1.0)
             assert not refused.successful
             assert not set_param("imgsz", 640).successful  # read-only
+            refused = set_param("class_score_thresholds", "cup:0.3")
+            assert not refused.successful and "unknown class 'cup'" in refused.reason
+            since = time.time()  # the default names every class: say the global does nothing
+            assert set_param("score_threshold", 0.6).successful
+            self.node_says(bench, "score_threshold 0.6 changes nothing", since)
+            assert set_param("class_score_thresholds", "laptop:0.25").successful
         finally:
             assert set_param("min_points", 50).successful
+            assert set_param("score_threshold", PoseNodeConfig().score_threshold).successful
+            assert set_param("class_score_thresholds",
+                             PoseNodeConfig().class_score_thresholds).successful
         self.recovers(bench)
 
     def test_burst_faster_than_the_model_drops_old_frames(self, bench):
@@ -704,6 +718,7 @@ def run_until_exit(cmd: list[str], timeout: float = 60) -> subprocess.CompletedP
         ({"frame_prefix": "/clipose/"}, "frame_prefix: '/clipose/' would make TF frame ids"),
         ({"pose_model": "/nonexistent/clipose_pose.pt"}, "/nonexistent/clipose_pose.pt"),
         ({"pose_subsets": 3}, "pose_subsets: subsets must be 1..2"),
+        ({"class_score_thresholds": "laptop:0.3 cup:0.3"}, "unknown class 'cup'"),
     ],
 )
 def test_invalid_parameters_stop_start_up_with_a_message(params, words):
@@ -758,6 +773,12 @@ def test_demo_param_overrides_reach_the_pose_node_command_and_unknown_names_are_
     node = cfg.commands()["pose_node"]
     assert node.index("score_threshold:=0.3") > node.index("--params-file")
     assert "box_fit:=false" in node
+    # strings are quoted for rcl: an empty one stays a string (a bare ':=' stops rcl)
+    cfg = parse_args(["--param", 'class_score_thresholds=""', "--param", "device=cpu"])
+    node = cfg.commands()["pose_node"]
+    assert 'class_score_thresholds:=""' in node and 'device:="cpu"' in node
+    assert processes.parse_node_params(["class_score_thresholds="]) == {
+        "class_score_thresholds": ""}  # what a shell leaves of class_score_thresholds=""
     for bad, message in (("score=0.3", "no parameter 'score'"), ("box_fit", "NAME=VALUE")):
         with pytest.raises(ValueError, match=message):
             processes.parse_node_params([bad])

@@ -163,6 +163,16 @@ def test_pipeline_skips_unusable_instances_with_reasons_and_times_stages():
     assert result.poses == [] and result.ended == ["bowl_1"] and estimator.calls == [1]
 
 
+def test_class_min_scores_replace_the_min_score_for_the_classes_named():
+    bowl = instance("bowl", slice(100, 140), slice(100, 140), score=0.35)
+    mug = instance("mug", slice(100, 140), slice(100, 140), score=0.45)
+    pipeline = PosePipeline(FixedSegmenter([bowl, mug]), CentroidEstimator(), min_score=0.5,
+                            class_min_scores={"bowl": 0.3})
+    assert [p.class_name for p in pipeline.process(synthetic_frame()).poses] == ["bowl"]
+    pipeline.class_min_scores = {}
+    assert pipeline.process(synthetic_frame()).poses == []
+
+
 def test_mug_box_follows_the_generators_mugs():
     offsets = []
     for i in range(12):

@@ -15,8 +15,11 @@ from clipose_ros.core.segmentation import (
     GroundTruthMasks,
     YoloSegmenter,
     build_segmenter,
+    drop_nested_boxes,
+    format_class_thresholds,
     input_shape_for,
     letterbox,
+    parse_class_thresholds,
     resolve_class_map,
 )
 from clipose_ros.core.structures import Frame
@@ -122,6 +125,66 @@ def test_thresholds_class_mapping_nms_and_full_resolution_masks(fake):
     fake.dets.append((100, 108, 40, 40, 1, 0.6, (1, 0)))  # a bowl on the mug
     assert len(YoloSegmenter("weights.onnx").segment(_frame())) == 2
     assert len(YoloSegmenter("weights.onnx", agnostic_nms=False).segment(_frame())) == 3
+
+
+def test_class_score_thresholds_replace_the_threshold_for_the_classes_named(fake):
+    """A laptop at 0.35 is published with ``laptop:0.3``, a camera at 0.45 is not (its class
+    keeps the global 0.5), and a class can also be held above the global threshold."""
+    fake.dets = [
+        (60, 60, 40, 40, 4, 0.35, (1, 0)),  # laptop
+        (160, 60, 40, 40, 2, 0.45, (1, 0)),  # camera
+        (260, 60, 40, 40, 5, 0.6, (1, 0)),  # mug
+    ]
+    plain = YoloSegmenter("weights.onnx", score_threshold=0.5)
+    assert [i.class_name for i in plain.segment(_frame())] == ["mug"]
+    seg = YoloSegmenter("weights.onnx", score_threshold=0.5,
+                        class_score_thresholds={"laptop": 0.3, "mug": 0.7})
+    assert [i.class_name for i in seg.segment(_frame())] == ["laptop"]
+    seg.class_score_thresholds = {}  # what the node sets on a live change
+    assert [i.class_name for i in seg.segment(_frame())] == ["mug"]
+    with pytest.raises(ValueError, match="unknown class 'cup'"):
+        YoloSegmenter("weights.onnx", class_score_thresholds={"cup": 0.3})
+
+
+def test_a_box_inside_a_better_box_of_its_class_is_dropped_as_a_part_of_it(fake):
+    """A laptop's lid boxed on its own survives NMS (small IoU with the whole laptop) but is a
+    part of the laptop; a mug in front of the laptop, inside its box, is another object."""
+    fake.dets = [
+        (100, 100, 120, 80, 4, 0.9, (1, 0)),  # laptop
+        (100, 80, 100, 36, 4, 0.6, (1, 0)),  # its lid, all inside: dropped
+        (120, 110, 30, 30, 5, 0.7, (1, 0)),  # a mug inside the laptop's box: kept
+        (170, 100, 60, 40, 4, 0.8, (1, 0)),  # a laptop half over the first: kept
+    ]
+    out = YoloSegmenter("weights.onnx", min_mask_area=0).segment(_frame())
+    assert sorted((i.class_name, round(i.score, 1)) for i in out) == [
+        ("laptop", 0.8), ("laptop", 0.9), ("mug", 0.7)]
+    keep_all = YoloSegmenter("weights.onnx", min_mask_area=0, max_containment=1.0)
+    assert len(keep_all.segment(_frame())) == 4
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 8, 8], [5, 0, 10, 10]], float)
+    assert drop_nested_boxes(boxes, np.zeros(3, int), 0.8).tolist() == [True, False, True]
+    assert drop_nested_boxes(boxes, np.array([0, 1, 0]), 0.8).tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("laptop=0.3", "is not CLASS:SCORE"),
+    ("laptop:", "is not CLASS:SCORE"),
+    ("cup:0.3", "unknown class 'cup'"),
+    ("laptop:high", "'high' in 'laptop:high' is not a number"),
+    ("laptop:1.5", "must lie in"),
+    ("laptop:nan", "must lie in"),
+    ("laptop:0.3 laptop:0.4", "given twice"),
+])
+def test_class_score_thresholds_refuse_what_they_cannot_use(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_class_thresholds(text)
+
+
+def test_class_score_thresholds_round_trip():
+    parsed = parse_class_thresholds(" mug:0.45,laptop:0.3  bowl:0.35 ")
+    assert parsed == {"mug": 0.45, "laptop": 0.3, "bowl": 0.35}
+    assert format_class_thresholds(parsed) == "bowl:0.35 laptop:0.3 mug:0.45"
+    assert parse_class_thresholds(format_class_thresholds(parsed)) == parsed
+    assert parse_class_thresholds("") == {}
 
 
 def test_masks_match_upsampling_the_whole_prototype_image(fake):

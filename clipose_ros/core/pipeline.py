@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,11 +57,14 @@ class PosePipeline:
         tracker: TrackerConfig | None = None,
         min_score: float = 0.0,
         min_points: int = 50,
+        class_min_scores: Mapping[str, float] | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.estimator = estimator
         self.tracker = PoseTracker(tracker)
         self.min_score = min_score
+        # per category name, replacing min_score for the classes it names
+        self.class_min_scores = dict(class_min_scores or {})
         self.min_points = min_points
 
     @property
@@ -99,7 +103,7 @@ class PosePipeline:
         t_seg = time.perf_counter()
         usable, skipped = [], []
         for inst in instances:
-            if inst.score < self.min_score:
+            if inst.score < self.class_min_scores.get(inst.class_name, self.min_score):
                 continue
             n = len(valid_depth_pixels(frame.depth, inst.mask)[0])
             if n < self.min_points:
@@ -148,6 +152,7 @@ def build_pipeline(
     score_threshold: float = 0.5,
     min_mask_area: int = 100,
     min_points: int = 50,
+    class_score_thresholds: Mapping[str, float] | None = None,
     tracker: TrackerConfig | None = None,
     seed: int = 0,
     threads: int | None = None,
@@ -159,14 +164,15 @@ def build_pipeline(
 ) -> PosePipeline:
     """The shipped pipeline: YOLO-seg segmenter + exported CLIPose model, both on ``device``.
 
-    ``threads`` caps the segmenter back-end's CPU threads (None: its default); ``mug_handle``
-    is the estimator's handle search (``core/mug_handle.py``), ``border_fit`` its fit of
-    border-cut objects (``core/border_fit.py``), ``laptop_lid`` its turn of laptops to the lid
-    plane (``core/laptop_lid.py``), ``box_fit`` its slide of each box over the object's points
-    (``core/box_fit.py``), ``pose_subsets`` its number of
-    point subsets (a ValueError names the range the model file allows). Missing or
-    unusable files raise the loaders' errors (``ModelFileError``,
-    ``SegmenterWeightsError``: RuntimeErrors naming the file and how to get one).
+    ``class_score_thresholds`` (category name -> score) replaces ``score_threshold`` for the
+    classes it names. ``threads`` caps the segmenter back-end's CPU threads (None: its
+    default); ``mug_handle`` is the estimator's handle search (``core/mug_handle.py``),
+    ``border_fit`` its fit of border-cut objects (``core/border_fit.py``), ``laptop_lid`` its
+    turn of laptops to the lid plane (``core/laptop_lid.py``), ``box_fit`` its slide of each
+    box over the object's points (``core/box_fit.py``), ``pose_subsets`` its number of point
+    subsets (a ValueError names the range the model file allows). Missing or unusable files
+    raise the loaders' errors (``ModelFileError``, ``SegmenterWeightsError``: RuntimeErrors
+    naming the file and how to get one).
     """
     from clipose_ros.core.estimators import CliposeEstimator
     from clipose_ros.core.segmentation import YoloSegmenter
@@ -178,5 +184,7 @@ def build_pipeline(
     segmenter = YoloSegmenter(
         str(segmenter_weights), device=device, imgsz=imgsz, score_threshold=score_threshold,
         min_mask_area=min_mask_area, threads=threads,
+        class_score_thresholds=class_score_thresholds,
     )
-    return PosePipeline(segmenter, estimator, tracker, score_threshold, min_points)
+    return PosePipeline(segmenter, estimator, tracker, score_threshold, min_points,
+                        segmenter.class_score_thresholds)

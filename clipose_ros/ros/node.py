@@ -34,7 +34,9 @@ from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
+from clipose_ros.categories import CATEGORIES
 from clipose_ros.core.pipeline import PosePipeline, build_pipeline, set_pose_subsets
+from clipose_ros.core.segmentation import parse_class_thresholds
 from clipose_ros.core.uncertainty import DEFAULT_CONF_SCALE_RAD, pose_covariance
 from clipose_ros.core.visualize import draw_overlay
 from clipose_ros.ros import convert as rc
@@ -215,10 +217,12 @@ class PoseNode(Node):
     def _apply_settings(self, config: PoseNodeConfig) -> None:
         """The one place the settings that may change while running reach the pipeline: at
         start (also into an injected pipeline) and on every parameter change. Everything is
-        checked before anything changes, so a ValueError (tracking, frame prefix or an
-        out-of-range ``pose_subsets``) leaves the running settings as they were."""
+        checked before anything changes, so a ValueError (tracking, frame prefix,
+        ``class_score_thresholds`` or an out-of-range ``pose_subsets``) leaves the running
+        settings as they were."""
         tracker = tracker_config(config)
         check_frame_prefix(config.frame_prefix)
+        class_scores = parse_class_thresholds(config.class_score_thresholds)
         estimator = self.pipeline.estimator
         if hasattr(estimator, "mug_handle"):  # the CLIPose estimator's; test doubles lack them
             set_pose_subsets(estimator, config.pose_subsets)
@@ -226,14 +230,23 @@ class PoseNode(Node):
             estimator.border_fit = config.border_fit
             estimator.laptop_lid = config.laptop_lid
             estimator.box_fit = config.box_fit
+        if (config.score_threshold != self.config.score_threshold
+                and len(class_scores) == len(CATEGORIES)):
+            self.get_logger().warning(
+                f"score_threshold {config.score_threshold} changes nothing: "
+                f"class_score_thresholds names every class ({config.class_score_thresholds!r}); "
+                "set class_score_thresholds to '' for one threshold for all classes")
         self.config = config
         self.pipeline.min_score = config.score_threshold
+        self.pipeline.class_min_scores = class_scores
         self.pipeline.min_points = config.min_points
         self.pipeline.tracker.config = tracker
         self.warn.period = config.warn_throttle
         segmenter = self.pipeline.segmenter
         if hasattr(segmenter, "score_threshold"):
             segmenter.score_threshold = config.score_threshold
+        if hasattr(segmenter, "class_score_thresholds"):
+            segmenter.class_score_thresholds = class_scores
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""

@@ -25,6 +25,9 @@ DEFAULT_POSE_MODEL = "models/clipose_pose_clip.pt"
 # device cuda pass models/yoloseg_coco_nocs.pt. models/yoloseg_synth.* is the from-scratch
 # alternative (generated frames only, Apache-2.0).
 DEFAULT_SEGMENTER_WEIGHTS = "models/yoloseg_coco_nocs.onnx"
+# Best F1 per class of that segmenter on 600 generated validation frames
+# (scripts/choose_class_thresholds.py; models/yoloseg_coco_nocs.md, "Score threshold per class").
+DEFAULT_CLASS_SCORE_THRESHOLDS = "bottle:0.25 bowl:0.45 camera:0.4 can:0.35 laptop:0.35 mug:0.4"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class PoseNodeConfig:
     imgsz: int = param(320, "Segmenter input size in pixels (a multiple of 32)", 64, 1280,
         read_only=True)
     score_threshold: float = param(0.5, "Minimum segmentation score of an object", 0.0, 1.0)
+    class_score_thresholds: str = param(DEFAULT_CLASS_SCORE_THRESHOLDS, "Per-class minimum "
+        "scores that replace score_threshold for the classes named, as CLASS:SCORE entries apart "
+        "by spaces (the default: chosen for the default segmenter on generated validation "
+        "frames; empty: score_threshold for all)")
     min_mask_area: int = param(100, "Smallest mask (pixels) the segmenter keeps", 1, 1_000_000,
         read_only=True)
     min_points: int = param(50, "Fewest mask pixels with valid depth for a pose (the one "

@@ -8,6 +8,7 @@ missing, ``clipose-demo``, ``bench/node_speed.py`` and the node tests start the 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -55,6 +56,8 @@ def node_commands(params_file: Path, camera_overrides: dict | None = None,
         for key, value in (overrides or {}).items():
             if isinstance(value, bool):
                 value = str(value).lower()
+            elif isinstance(value, str):  # quoted, so '' or '0.5' stay strings for rcl's YAML
+                value = json.dumps(value)
             args += ["-p", f"{key}:={value}"]
         return args
 
@@ -69,13 +72,14 @@ def node_commands(params_file: Path, camera_overrides: dict | None = None,
 
 def parse_node_params(items: list[str]) -> dict:
     """``NAME=VALUE`` strings (``--param`` options) as pose_node parameter overrides, values read
-    as YAML like the parameter file's. An unknown name or a missing ``=`` raises ValueError
+    as YAML like the parameter file's (for a string parameter, the text itself, so that
+    ``NAME=`` is the empty string). An unknown name or a missing ``=`` raises ValueError
     before any process starts, rather than a node that refuses it later."""
     import yaml
 
     from clipose_ros.ros.parameters import POSE_NODE_PARAMS
 
-    known = {p.name for p in POSE_NODE_PARAMS}
+    known = {p.name: p for p in POSE_NODE_PARAMS}
     params = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -85,6 +89,8 @@ def parse_node_params(items: list[str]) -> dict:
             raise ValueError(f"--param {item!r}: pose_node has no parameter {name!r} "
                              f"(it has: {', '.join(sorted(known))})")
         params[name] = yaml.safe_load(value)
+        if isinstance(known[name].default, str):  # NAME= and NAME=0.5 are strings here
+            params[name] = "" if params[name] is None else str(params[name])
     return params
 
 

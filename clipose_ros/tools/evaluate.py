@@ -24,7 +24,7 @@ from clipose_ros.categories import CAMERA_INTRINSICS
 from clipose_ros.core.estimators import CliposeEstimator, NocsMapEstimator
 from clipose_ros.core.segmentation import GroundTruthMasks as GroundTruthMasks
 from clipose_ros.core.segmentation import ResultFileMasks as ResultFileMasks
-from clipose_ros.core.segmentation import build_segmenter
+from clipose_ros.core.segmentation import build_segmenter, parse_class_thresholds
 from clipose_ros.core.stages import PoseEstimator, Segmenter
 from clipose_ros.core.structures import Frame, Instance, ObjectPose
 from clipose_ros.core.visualize import draw_pose
@@ -278,6 +278,16 @@ def main(argv: list[str] | None = None) -> None:
         "--seg-score-threshold", type=float, default=0.5,
         help="yolo masks: minimum detection score (0.5 = the node's default)",
     )
+    parser.add_argument(
+        "--seg-class-thresholds", default="",
+        help="yolo masks: per-class scores over --seg-score-threshold, e.g. 'laptop:0.3 "
+        "bowl:0.35' (the node's class_score_thresholds)",
+    )
+    parser.add_argument(
+        "--seg-max-containment", type=float, default=0.8,
+        help="yolo masks: drop a box lying more than this share inside a better box of its "
+        "class (1: keep all)",
+    )
     parser.add_argument("--seg-imgsz", type=int, default=320, help="yolo masks: input long side")
     parser.add_argument(
         "--intrinsics", choices=["camera", "real"], default="camera",
@@ -308,8 +318,11 @@ def main(argv: list[str] | None = None) -> None:
             args.estimator, args.data, args.mug_meta, args.model, not args.no_mug_handle,
             args.subsets, not args.no_border_fit, not args.no_laptop_lid, not args.no_box_fit,
         )
-        masks = build_segmenter(args.masks, score_threshold=args.seg_score_threshold,
-                                imgsz=args.seg_imgsz)
+        masks = build_segmenter(
+            args.masks, score_threshold=args.seg_score_threshold, imgsz=args.seg_imgsz,
+            class_score_thresholds=parse_class_thresholds(args.seg_class_thresholds),
+            max_containment=args.seg_max_containment,
+        )
         model_extents = (
             nf.load_model_extents(args.model_extents) if args.model_extents else None
         )

@@ -848,6 +848,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "is much faster on a machine busy with other jobs)")
     model.add_argument("--score-threshold", type=float, default=None,
                        help="default: the node's")
+    model.add_argument("--class-score-thresholds", default=None,
+                       help="per-class scores over --score-threshold, e.g. 'laptop:0.3 "
+                       "bowl:0.35' (default: the node's)")
     parser.add_argument("--out", type=Path, default=Path("infer_out"),
                         help="output folder (infer_out)")
     parser.add_argument("--overlay-every", type=int, default=10,
@@ -905,6 +908,7 @@ def build_items(args: argparse.Namespace, K: Intrinsics | None,
 
 def main(argv: list[str] | None = None) -> None:
     from clipose_ros.core.pipeline import build_pipeline
+    from clipose_ros.core.segmentation import parse_class_thresholds
     from clipose_ros.logs import log_to_terminal_and_file
     from clipose_ros.ros.parameters import (
         ParameterError,
@@ -939,6 +943,8 @@ def main(argv: list[str] | None = None) -> None:
     pose_model = resolve_model_path(args.pose_model)
     segmenter = resolve_model_path(args.segmenter)
     score = node.score_threshold if args.score_threshold is None else args.score_threshold
+    class_scores = (node.class_score_thresholds if args.class_score_thresholds is None
+                    else args.class_score_thresholds)
     try:
         pipeline = build_pipeline(
             pose_model, segmenter, device=device, imgsz=node.imgsz, score_threshold=score,
@@ -947,8 +953,9 @@ def main(argv: list[str] | None = None) -> None:
             seed=node.seed, threads=args.threads or None, mug_handle=node.mug_handle,
             pose_subsets=node.pose_subsets, border_fit=node.border_fit,
             laptop_lid=node.laptop_lid, box_fit=node.box_fit,
+            class_score_thresholds=parse_class_thresholds(class_scores),
         )
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         sys.exit(f"clipose-infer: {err}")
     warm_ms = pipeline.warm_up()  # as the node does, so the first frame's timing is honest
     log.info("models: %s, %s on %s (warm-up %.0f ms); %d frames to process", pose_model,
