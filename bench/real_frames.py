@@ -2,7 +2,8 @@
 
 Usage:
   .venv/bin/python bench/real_frames.py [--weights models/yoloseg_coco_nocs.onnx] [--imgsz 320]
-      [--pose-model models/clipose_pose_clip.pt] [--score 0.5] [--samples ../shared/real_samples]
+      [--pose-model models/clipose_pose_clip.pt] [--score S] [--class-scores "laptop:0.35 ..."]
+      [--samples ../shared/real_samples]
       [--out bench_out/real_frames]
 
 What it reports (also in ``<out>/real_frames.json`` and ``real_frames.md``), with overlays

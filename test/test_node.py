@@ -779,6 +779,9 @@ def test_demo_param_overrides_reach_the_pose_node_command_and_unknown_names_are_
     assert 'class_score_thresholds:=""' in node and 'device:="cpu"' in node
     assert processes.parse_node_params(["class_score_thresholds="]) == {
         "class_score_thresholds": ""}  # what a shell leaves of class_score_thresholds=""
+    with pytest.raises(SystemExit):  # one setting from two options: refused, not ranked
+        parse_args(["--device", "cpu", "--param", "device=cuda"])
+    assert parse_args(["--param", "device=auto"]).commands()["pose_node"][-1] == 'device:="auto"'
     for bad, message in (("score=0.3", "no parameter 'score'"), ("box_fit", "NAME=VALUE")):
         with pytest.raises(ValueError, match=message):
             processes.parse_node_params([bad])

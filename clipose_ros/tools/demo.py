@@ -40,7 +40,7 @@ class DemoConfig:
     seed: int = 0
     source: str = ""  # replay this NOCS-format folder instead
     sensor: str = ""  # sensor model of the rendered scenes; "": config/pose.yaml's
-    device: str = "cpu"
+    device: str = ""  # "": cpu, unless --param device=... says otherwise
     overlays: int = 4  # overlay PNGs to write
     pose_model: str = ""  # instead of config/pose.yaml's
     segmenter_weights: str = ""  # instead of config/pose.yaml's
@@ -53,6 +53,10 @@ class DemoConfig:
             raise ValueError("--duration and --rate must be > 0, --scenes >= 1")
         if self.sensor not in ("", *SENSOR_CHOICES):
             raise ValueError(f"--sensor {self.sensor!r}: one of {', '.join(SENSOR_CHOICES)}")
+        for name in ("device", "pose_model", "segmenter_weights"):
+            if getattr(self, name) and name in self.params:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} and --param {name}=... both set {name}: give one")
 
     def commands(self) -> dict[str, list[str]]:
         """The camera and pose node commands, with this run's parameter overrides."""
@@ -62,7 +66,7 @@ class DemoConfig:
             camera["source"] = str(Path(self.source).resolve())
         if self.sensor:
             camera["sensor"] = self.sensor
-        node = {"device": self.device, **self.params}
+        node = {"device": self.device or "cpu", **self.params}
         if self.pose_model:
             node["pose_model"] = self.pose_model
         if self.segmenter_weights:
@@ -201,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     parser.add_argument("--sensor", default="", choices=("", *SENSOR_CHOICES),
                         help="sensor model of the rendered scenes (none: ideal frames; "
                              "default: config/pose.yaml's)")
-    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--device", default=defaults.device, help="torch device (default cpu)")
     parser.add_argument("--overlays", type=int, default=defaults.overlays,
                         help="overlay PNGs to write")
     parser.add_argument("--pose-model", default="", help="instead of config/pose.yaml's")
