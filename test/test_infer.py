@@ -204,6 +204,8 @@ def test_bag_gives_the_pipelines_poses_and_matches_ground_truth(generated, tmp_p
     assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == [
         f"rec@{10**18}.png", f"rec@{10**18 + 4 * PERIOD_NS}.png"]
     assert summary["timings_ms"]["total_ms"]["median"] > 0
+    # the thresholds it ran with are the node's, and said
+    assert summary["class_score_thresholds"] == PoseNodeConfig().class_score_thresholds
     assert (tmp_path / "out" / "infer.log").read_text().count("6 frames processed") == 1
     # Against the frames' ground truth, as the node is scored (demo.score_frame): most objects
     # found, found ones close. Floors well under what the shipped model does on such frames.

@@ -962,7 +962,8 @@ def main(argv: list[str] | None = None) -> None:
              segmenter, device, warm_ms, total)
     summary = run_inference(items, pipeline, args.out, args.overlay_every, report, total,
                             progress=not args.no_progress, max_frames=args.max_frames)
-    summary.update(pose_model=str(pose_model), segmenter=str(segmenter), device=device)
+    summary.update(pose_model=str(pose_model), segmenter=str(segmenter), device=device,
+                   score_threshold=score, class_score_thresholds=class_scores)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("%d frames processed, %d skipped, %d problems; objects per class %s; %.2f "
              "frames/s; results in %s", summary["frames_processed"], summary["frames_skipped"],
