@@ -45,17 +45,14 @@ def label_detections(
     iou = metrics.iou_matrix(fr["pred_RTs"], fr["pred_scales"], fr["gt_RTs"], fr["gt_scales"],
                              sym, "exact")
     deg, cm = metrics.pose_error_matrix(fr["pred_RTs"], fr["gt_RTs"], sym)
-    taken = np.zeros(len(g_ids), bool)
+    order = np.argsort(-scores, kind="stable")
+    # the metrics' own greedy matching (by score, each to the free object of highest IoU)
+    ok = (p_ids[order, None] == g_ids[None]) & (iou[order] > match_iou)
+    match = metrics._greedy_match(-iou[order], ok)
     out = []
-    for p in np.argsort(-scores, kind="stable"):
-        free = (g_ids == p_ids[p]) & ~taken & (iou[p] > match_iou)
-        matched = bool(free.any())
-        pose_ok = False
-        if matched:
-            g = int(np.argmax(np.where(free, iou[p], -1.0)))
-            taken[g] = True
-            pose_ok = bool(deg[p, g] <= 10.0 and cm[p, g] <= 5.0)
-        out.append((int(p_ids[p]), float(scores[p]), matched, pose_ok))
+    for p, g in zip(order, match, strict=True):
+        pose_ok = bool(g >= 0 and deg[p, g] <= 10.0 and cm[p, g] <= 5.0)
+        out.append((int(p_ids[p]), float(scores[p]), bool(g >= 0), pose_ok))
     return out, g_ids
 
 
