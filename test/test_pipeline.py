@@ -173,6 +173,34 @@ def test_class_min_scores_replace_the_min_score_for_the_classes_named():
     assert pipeline.process(synthetic_frame()).poses == []
 
 
+class ThresholdingSegmenter(FixedSegmenter):
+    """Filters by score itself, as the YOLO segmenter does before its NMS."""
+
+    def __init__(self, instances):
+        super().__init__(instances)
+        self.score_threshold, self.class_score_thresholds = 0.5, {}
+
+    def segment(self, frame):
+        return [i for i in self.instances
+                if i.score >= self.class_score_thresholds.get(i.class_name, self.score_threshold)]
+
+
+def test_set_score_thresholds_reaches_the_segmenter_and_refuses_bad_values_whole():
+    bowl = instance("bowl", slice(100, 140), slice(100, 140), score=0.35)
+    mug = instance("mug", slice(100, 140), slice(100, 140), score=0.45)
+    segmenter = ThresholdingSegmenter([bowl, mug])
+    pipeline = PosePipeline(segmenter, CentroidEstimator(), min_score=0.5)
+    assert pipeline.process(synthetic_frame()).poses == []
+    pipeline.set_score_thresholds(0.4, {"bowl": 0.3})
+    assert segmenter.score_threshold == 0.4 and segmenter.class_score_thresholds == {"bowl": 0.3}
+    assert [p.class_name for p in pipeline.process(synthetic_frame()).poses] == ["bowl", "mug"]
+    for score, per_class in ((1.5, {}), (0.4, {"cup": 0.3}), (0.4, {"mug": -0.1})):
+        with pytest.raises(ValueError):
+            pipeline.set_score_thresholds(score, per_class)
+        assert (pipeline.min_score, pipeline.class_min_scores) == (0.4, {"bowl": 0.3})
+        assert segmenter.class_score_thresholds == {"bowl": 0.3}
+
+
 def test_mug_box_follows_the_generators_mugs():
     offsets = []
     for i in range(12):

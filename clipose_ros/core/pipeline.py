@@ -67,6 +67,21 @@ class PosePipeline:
         self.class_min_scores = dict(class_min_scores or {})
         self.min_points = min_points
 
+    def set_score_thresholds(self, score: float, per_class: Mapping[str, float]) -> None:
+        """The one place the score rule (``per_class`` entry, else ``score``) changes: here
+        and in the segmenter, which applies the same rule before its NMS when it has one (the
+        YOLO segmenter does; masks from labels do not)."""
+        from clipose_ros.core.segmentation import check_class_thresholds
+
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score_threshold must lie in [0, 1], got {score}")
+        per_class = check_class_thresholds(per_class)
+        self.min_score = score
+        self.class_min_scores = dict(per_class)
+        if hasattr(self.segmenter, "class_score_thresholds"):
+            self.segmenter.score_threshold = score
+            self.segmenter.class_score_thresholds = dict(per_class)
+
     @property
     def min_points(self) -> int:
         """Fewest mask pixels with valid depth for a pose; setting it sets the estimator's."""

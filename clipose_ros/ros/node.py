@@ -237,16 +237,10 @@ class PoseNode(Node):
                 f"class_score_thresholds names every class ({config.class_score_thresholds!r}); "
                 "set class_score_thresholds to '' for one threshold for all classes")
         self.config = config
-        self.pipeline.min_score = config.score_threshold
-        self.pipeline.class_min_scores = class_scores
+        self.pipeline.set_score_thresholds(config.score_threshold, class_scores)
         self.pipeline.min_points = config.min_points
         self.pipeline.tracker.config = tracker
         self.warn.period = config.warn_throttle
-        segmenter = self.pipeline.segmenter
-        if hasattr(segmenter, "score_threshold"):
-            segmenter.score_threshold = config.score_threshold
-        if hasattr(segmenter, "class_score_thresholds"):
-            segmenter.class_score_thresholds = class_scores
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Live changes of thresholds, tracking and output switches (others are read-only)."""
