@@ -8,7 +8,7 @@ logistic regression on log(spread), and prints the constants with a calibration 
 median error of the right turns.
 
     .venv/bin/python scripts/fit_handle_confidence.py --data /work/data/synth_val2/train \\
-        --model models/clipose_pose.pt [--max-frames 300]
+        [--model models/clipose_pose_clip.pt] [--max-frames 300]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from clipose_ros.core.estimators import CliposeEstimator
 from clipose_ros.core.mug_handle import HandleCalibration
 from clipose_ros.core.segmentation import build_segmenter
 from clipose_ros.data import nocs_format as nf
+from clipose_ros.ros.parameters import DEFAULT_POSE_MODEL
 from clipose_ros.tools.evaluate import load_frame
 
 
@@ -67,7 +68,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 50) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="labelled validation folder")
-    parser.add_argument("--model", type=Path, default=Path("models/clipose_pose.pt"))
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_POSE_MODEL),
+                        help=f"exported pose file (the node's default, {DEFAULT_POSE_MODEL})")
     parser.add_argument("--max-frames", type=int, default=None)
     args = parser.parse_args(argv)
     spread, error = mug_samples(args.data, args.model, args.max_frames)
