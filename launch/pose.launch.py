@@ -31,6 +31,10 @@ ARGUMENTS = {
     "score_threshold": ("0.5", "Minimum segmentation score"),
     "min_points": ("50", "Fewest mask pixels with valid depth for a pose (replaces the model "
                           "file's value)"),
+    "class_score_thresholds": (
+        "bottle:0.25 bowl:0.45 camera:0.4 can:0.35 laptop:0.35 mug:0.4",
+        "Per-class minimum scores (CLASS:SCORE, apart by spaces) replacing score_threshold for "
+        "the classes named; '' for score_threshold alone"),
     "frame_prefix": ("clipose/", "Prefix of the object TF frames"),
     "depth_scale": ("0.0", "Metres per depth unit; 0.0: by encoding (16UC1 mm, 32FC1 m), e.g. "
                     "0.001 for a driver publishing 32FC1 millimetres (write a float)"),
@@ -38,7 +42,11 @@ ARGUMENTS = {
     "use_rviz": ("false", "Start RViz with config/clipose.rviz"),
 }
 NODE_PARAMETERS = ("pose_model", "segmenter_weights", "device", "score_threshold",
-                   "min_points", "frame_prefix", "depth_scale")
+                   "class_score_thresholds", "min_points", "frame_prefix", "depth_scale")
+# String parameters reach the node as text: launch_ros reads a substitution as YAML otherwise,
+# so '' would become null and a path or device name like '0' a number.
+STRING_PARAMETERS = ("pose_model", "segmenter_weights", "device", "class_score_thresholds",
+                     "frame_prefix")
 TOPIC_REMAPS = {
     "rgb_topic": "camera/color/image_raw",
     "depth_topic": "camera/aligned_depth_to_color/image_raw",
@@ -54,7 +62,7 @@ def generate_launch_description():
     from launch.conditions import IfCondition
     from launch.substitutions import LaunchConfiguration, PythonExpression
     from launch_ros.actions import Node
-    from launch_ros.parameter_descriptions import ParameterFile
+    from launch_ros.parameter_descriptions import ParameterFile, ParameterValue
 
     from launch import LaunchDescription
 
@@ -65,7 +73,9 @@ def generate_launch_description():
     params_file = PythonExpression([
         "'", LaunchConfiguration("params_file"), "' or '", default_params, "'"])
     params = ParameterFile(params_file, allow_substs=True)
-    overrides = {name: LaunchConfiguration(name) for name in NODE_PARAMETERS}
+    overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=str)
+                 if name in STRING_PARAMETERS else LaunchConfiguration(name)
+                 for name in NODE_PARAMETERS}
     namespace = LaunchConfiguration("namespace")
     pose_node = Node(
         package="clipose_ros", executable="pose_node", name="pose_node", namespace=namespace,

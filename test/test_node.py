@@ -747,6 +747,8 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     assert set(launch.NODE_PARAMETERS) <= set(launch.ARGUMENTS)
     for name in launch.NODE_PARAMETERS:  # launch defaults = the node's defaults
         assert str(declared[name].default) == launch.ARGUMENTS[name][0], name
+    assert set(launch.STRING_PARAMETERS) == {  # passed as text, never read as YAML
+        name for name in launch.NODE_PARAMETERS if isinstance(declared[name].default, str)}
     assert {"namespace", "rgb_topic", "depth_topic", "camera_info_topic", "pose_model",
             "segmenter_weights", "device", "score_threshold", "use_synthetic_camera",
             "use_rviz"} <= set(launch.ARGUMENTS)
