@@ -41,6 +41,7 @@ from clipose_ros.ros.parameters import (
     DEFAULT_POSE_MODEL,
     POSE_NODE_PARAMS,
     PoseNodeConfig,
+    foreign_thresholds_warning,
 )
 from clipose_ros.ros.processes import ros_environment
 
@@ -762,6 +763,21 @@ def test_parameter_file_and_launch_file_match_the_declarations():
     rviz = yaml.safe_load((ROOT / "config" / "clipose.rviz").read_text())
     topics = {d.get("Topic", {}).get("Value") for d in rviz["Visualization Manager"]["Displays"]}
     assert {"/clipose/markers", "/clipose/debug_image"} <= topics
+
+
+def test_shipped_class_thresholds_with_other_segmenter_weights_are_warned_about():
+    """The default per-class thresholds belong to the default segmenter (any of its formats);
+    with other weights the node and clipose-infer say so, naming the fix."""
+    default = PoseNodeConfig()
+    for weights in (default.segmenter_weights, "models/yoloseg_coco_nocs.pt",
+                    "/abs/path/yoloseg_coco_nocs.onnx"):
+        assert foreign_thresholds_warning(default.class_score_thresholds, weights) is None
+    message = foreign_thresholds_warning(default.class_score_thresholds,
+                                         "models/yoloseg_synth.onnx")
+    assert "models/yoloseg_synth.onnx" in message
+    assert "choose_class_thresholds.py" in message and "''" in message
+    for own in ("", "mug:0.3"):  # thresholds the user chose are theirs
+        assert foreign_thresholds_warning(own, "models/yoloseg_synth.onnx") is None
 
 
 def test_demo_param_overrides_reach_the_pose_node_command_and_unknown_names_are_refused():

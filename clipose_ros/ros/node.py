@@ -44,6 +44,7 @@ from clipose_ros.ros.parameters import (
     POSE_NODE_PARAMS,
     PoseNodeConfig,
     check_frame_prefix,
+    foreign_thresholds_warning,
     resolve_device,
     resolve_model_path,
     tracker_config,
@@ -126,6 +127,9 @@ class PoseNode(Node):
         self.warn = WarningThrottle(self.get_logger(), p.warn_throttle)
         self.pipeline = self._pipeline(pipeline)
         self._apply_settings(p)  # before the warm-up, so that it runs what the frames will
+        foreign = foreign_thresholds_warning(p.class_score_thresholds, p.segmenter_weights)
+        if foreign and pipeline is None:
+            self.get_logger().warning(foreign)
         warm_ms = self.pipeline.warm_up()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._init_statistics()

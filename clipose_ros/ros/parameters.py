@@ -240,3 +240,19 @@ def check_frame_prefix(prefix: str) -> None:
 def tracker_config(config: PoseNodeConfig) -> TrackerConfig:
     """The tracker settings of a pose node configuration."""
     return TrackerConfig(config.track_match_distance, config.track_max_missed, config.smoothing)
+
+
+def foreign_thresholds_warning(class_score_thresholds: str, segmenter_weights: str) -> str | None:
+    """A warning when the shipped per-class thresholds run with other segmenter weights: they
+    were chosen for the default weights' scores (any of their formats, same file stem), and
+    another model's scores mean something else. None when that is not the case."""
+    if class_score_thresholds != DEFAULT_CLASS_SCORE_THRESHOLDS:
+        return None
+    if Path(str(segmenter_weights)).stem == Path(DEFAULT_SEGMENTER_WEIGHTS).stem:
+        return None
+    return (
+        f"class_score_thresholds is the default ({DEFAULT_CLASS_SCORE_THRESHOLDS!r}), chosen for "
+        f"{DEFAULT_SEGMENTER_WEIGHTS}, but segmenter_weights is {segmenter_weights}: "
+        "choose thresholds for these weights (scripts/choose_class_thresholds.py) or set "
+        "class_score_thresholds to '' for score_threshold alone"
+    )

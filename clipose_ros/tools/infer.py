@@ -913,6 +913,7 @@ def main(argv: list[str] | None = None) -> None:
     from clipose_ros.ros.parameters import (
         ParameterError,
         PoseNodeConfig,
+        foreign_thresholds_warning,
         resolve_device,
         resolve_model_path,
         tracker_config,
@@ -945,6 +946,9 @@ def main(argv: list[str] | None = None) -> None:
     score = node.score_threshold if args.score_threshold is None else args.score_threshold
     class_scores = (node.class_score_thresholds if args.class_score_thresholds is None
                     else args.class_score_thresholds)
+    foreign = foreign_thresholds_warning(class_scores, args.segmenter)
+    if foreign:
+        log.warning("%s (here: --class-score-thresholds)", foreign)
     try:
         pipeline = build_pipeline(
             pose_model, segmenter, device=device, imgsz=node.imgsz, score_threshold=score,
