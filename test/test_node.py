@@ -338,6 +338,7 @@ def bench(ros, scenes, tmp_path_factory):
         depth=1000, reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.TRANSIENT_LOCAL))
     rec.listen("diag", DiagnosticArray, "/diagnostics", 10)
+    rec.listen("markers", MarkerArray, f"{BAD_NS}/clipose/markers", RELIABLE)
     pubs = {
         "rgb": rec.node.create_publisher(Image, BAD_TOPICS["rgb"], 10),
         "depth": rec.node.create_publisher(Image, BAD_TOPICS["depth"], 10),
@@ -558,6 +559,31 @@ class TestBadInput:
             assert set_param("score_threshold", PoseNodeConfig().score_threshold).successful
             assert set_param("class_score_thresholds",
                              PoseNodeConfig().class_score_thresholds).successful
+        self.recovers(bench)
+
+    def test_paused_node_runs_nothing_counts_the_sets_and_resumes(self, bench):
+        """enabled:=false: the markers of the tracked objects are deleted, sets are counted
+        and dropped, nothing is published; enabled:=true: the next set gives poses again."""
+        rec = bench["rec"]
+
+        def deletions():
+            return sum(m.action == Marker.DELETE for msg in rec.get("markers") for m in msg.markers)
+
+        self.recovers(bench)  # objects tracked
+        time.sleep(0.3)
+        before = deletions()
+        try:
+            assert self.set_param(bench, "enabled", False).successful
+            rec.wait_for(lambda: deletions() >= before + 3, 10,
+                         "the tracked objects' markers deleted on pause", (bench["node"],))
+            stamps = [self.send(bench) for _ in range(3)]
+            values = rec.wait_for(
+                lambda: (v := self.diagnostics(bench, after=time.time()))
+                and int(v["frames_paused"]) >= 3 and v, 10, "the paused sets counted")
+            assert values["enabled"] == "false"
+            assert not any(self.outputs(bench, s) for s in stamps), "published while paused"
+        finally:
+            assert self.set_param(bench, "enabled", True).successful
         self.recovers(bench)
 
     def test_burst_faster_than_the_model_drops_old_frames(self, bench):

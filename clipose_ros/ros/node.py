@@ -72,6 +72,7 @@ STREAMS = ("rgb", "depth", "camera_info")
 # Bytes per pixel of the smallest encoding each image stream accepts (rgb8, 16UC1).
 MIN_BYTES_PER_PIXEL = {"rgb": 3, "depth": 2}
 PENDING_TIMEOUT_S = 2.0  # an input message unmatched this long is reported as unsynchronised
+PAUSE = ("pause",)  # in the worker's slot: the node was paused, end the tracks
 
 
 def fastdds_segment_limit(env: dict[str, str] | None = None) -> tuple[int, str] | None:
@@ -135,6 +136,7 @@ class PoseNode(Node):
         self._init_statistics()
         self._init_topics()
         self._slot = None
+        self._last_header = None  # of the last frame published: where ended markers go
         self._cond = threading.Condition()
         self._running = True
         self._worker = threading.Thread(target=self._work, name="clipose-worker", daemon=True)
@@ -240,7 +242,12 @@ class PoseNode(Node):
                 f"score_threshold {config.score_threshold} changes nothing: "
                 f"class_score_thresholds names every class ({config.class_score_thresholds!r}); "
                 "set class_score_thresholds to '' for one threshold for all classes")
+        pausing = self.config.enabled and not config.enabled
         self.config = config
+        if pausing and hasattr(self, "_cond"):  # the worker ends the tracks, in its own thread
+            with self._cond:
+                self._slot = PAUSE
+                self._cond.notify()
         self.pipeline.set_score_thresholds(config.score_threshold, class_scores)
         self.pipeline.min_points = config.min_points
         self.pipeline.tracker.config = tracker
@@ -324,6 +331,10 @@ class PoseNode(Node):
                 pending.extend(kept)
         for name, stamp in dropped:
             self._report_unsynced(name, stamp)
+        if not self.config.enabled:
+            with self._stats_lock:
+                self.counts["paused"] += 1
+            return
         stamp_ok = self._check_stamp(stamps[0])
         with self._cond:
             if self._slot is not None:
@@ -364,11 +375,21 @@ class PoseNode(Node):
                     return
                 msgs, self._slot = self._slot, None
             try:
+                if msgs is PAUSE:
+                    self._end_tracks()
+                    continue
                 self._process(*msgs)
             except Exception as err:  # noqa: BLE001 - a failing frame must not stop the node
                 with self._stats_lock:
                     self.counts["failed"] += 1
                 self.warn("exception", f"frame failed: {type(err).__name__}: {err}", "error")
+
+    def _end_tracks(self) -> None:
+        """On pause: forget the tracked objects and delete their markers, so that RViz does not
+        show boxes of a scene nobody looks at (their TF frames simply stop)."""
+        ended = self.pipeline.tracker.reset()
+        if ended and self._last_header is not None and self.config.publish_markers:
+            self.marker_pub.publish(rc.marker_array(self._last_header, [], ended, "clipose"))
 
     def _process(self, rgb_msg, depth_msg, info_msg, stamp_ok: bool = True) -> None:
         try:
@@ -387,6 +408,7 @@ class PoseNode(Node):
             self.warn("skipped", f"object skipped: {reason}", "info")
         start = time.perf_counter()
         header = rgb_msg.header
+        self._last_header = header
         p = self.config
         if p.publish_tf and result.poses:
             self.send_tf(rc.tf_message(header, result.poses, p.frame_prefix))
@@ -426,6 +448,8 @@ class PoseNode(Node):
         for name, stamp in stale:
             self._report_unsynced(name, stamp)
         recent = {k for k, t in self.last_arrival.items() if now - t < 2.0}
+        if not self.config.enabled:
+            message = "paused (enabled is false)"
         if not recent:
             level, message = DiagnosticStatus.WARN, "no input"
         elif recent != set(self.topics) or now - self.last_synced > 2.0:
@@ -451,6 +475,8 @@ class PoseNode(Node):
             "latency_p95_ms": f"{percentile(latency, 95):.1f}",
             "frames_processed": str(counts["processed"]),
             "frames_dropped": str(counts["dropped"]),
+            "frames_paused": str(counts["paused"]),
+            "enabled": str(self.config.enabled).lower(),
             "frames_rejected": str(sum(rejected.values())),
             "frames_failed": str(counts["failed"]),
             "frames_unsynced": str(unsynced["rgb"]),

@@ -82,6 +82,9 @@ class PoseNodeConfig:
         "defaults)", 0, 256, read_only=True)
     imgsz: int = param(320, "Segmenter input size in pixels (a multiple of 32)", 64, 1280,
         read_only=True)
+    enabled: bool = param(True, "Estimate and publish poses; false pauses the node (input sets "
+        "are counted as frames_paused and dropped, no model runs, the objects' markers are "
+        "deleted) to free the CPU or GPU, e.g. while the arm moves")
     score_threshold: float = param(0.5, "Minimum segmentation score of an object", 0.0, 1.0)
     class_score_thresholds: str = param(DEFAULT_CLASS_SCORE_THRESHOLDS, "Per-class minimum "
         "scores that replace score_threshold for the classes named, as CLASS:SCORE entries apart "
