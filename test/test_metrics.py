@@ -207,11 +207,72 @@ def test_iou_of_unit_cubes_by_hand():
         assert iou_3d(a, a, ones, ones, mode) == pytest.approx(1.0)
 
 
+def test_oriented_iou_is_the_true_box_overlap():
+    ones = np.ones(3)
+    a = compose_rt(np.eye(3), [0.0, 0.0, 2.0], 1.0)
+    b = compose_rt(np.eye(3), [0.5, 0.0, 2.0], 1.0)
+    assert iou_3d(b, a, ones, ones, "oriented") == pytest.approx(1.0 / 3.0)  # as exact
+    assert iou_3d(a, a, ones, ones, "oriented") == pytest.approx(1.0)
+    far = compose_rt(np.eye(3), [1.01, 0.0, 2.0], 1.0)
+    assert iou_3d(far, a, ones, ones, "oriented") == 0.0
+    # A unit cube and itself turned 45 deg about z share a regular octagon prism of area
+    # 2 (sqrt 2 - 1): IoU = 1 / sqrt 2. The axis-aligned bounds see the turned cube as a
+    # sqrt 2 x sqrt 2 x 1 box holding the other: IoU 1 / 2.
+    turned = compose_rt(rot("z", 45), [0.0, 0.0, 2.0], 1.0)
+    assert iou_3d(turned, a, ones, ones, "oriented") == pytest.approx(1.0 / np.sqrt(2.0))
+    assert iou_3d(turned, a, ones, ones, "exact") == pytest.approx(0.5)
+    # Both turned alike and shifted 0.5 along their own x: the true overlap is 1/3 as for the
+    # unturned pair; the bounds overlap (sqrt 2 - 0.5 / sqrt 2)^2 = 9/8 of 2 + 2 - 9/8.
+    shifted = compose_rt(rot("z", 45), [0.5 / np.sqrt(2), 0.5 / np.sqrt(2), 2.0], 1.0)
+    assert iou_3d(shifted, turned, ones, ones, "oriented") == pytest.approx(1.0 / 3.0)
+    assert iou_3d(shifted, turned, ones, ones, "exact") == pytest.approx(9.0 / 23.0)
+
+
+def test_oriented_iou_agrees_with_counting_points():
+    rng = np.random.default_rng(3)
+    grid = rng.uniform(-0.25, 0.25, (300_000, 3))
+
+    def inside(RT, ext):
+        R = RT[:3, :3] / np.cbrt(np.linalg.det(RT[:3, :3]))
+        scale = np.cbrt(np.linalg.det(RT[:3, :3]))
+        local = (grid - RT[:3, 3]) @ R
+        return np.all(np.abs(local) <= ext * scale / 2, axis=1)
+
+    for k in range(3):
+        ext1, ext2 = rng.uniform(0.5, 1.0, 3), rng.uniform(0.5, 1.0, 3)
+        rt1 = compose_rt(Rotation.random(random_state=k).as_matrix(), [0, 0, 0], 0.2)
+        rt2 = compose_rt(Rotation.random(random_state=k + 7).as_matrix(),
+                         rng.normal(0, 0.03, 3), 0.2)
+        in1, in2 = inside(rt1, ext1), inside(rt2, ext2)
+        counted = np.sum(in1 & in2) / np.sum(in1 | in2)
+        assert counted > 0.1
+        assert iou_3d(rt1, rt2, ext1, ext2, "oriented") == pytest.approx(counted, abs=0.01)
+
+
+def test_evaluate_scores_the_oriented_mode_on_request_and_names_unknown_modes():
+    truth = obj("camera", [0.0, 0.0, 1.0])
+    pred = obj("camera", [0.0, 0.0, 1.0], R=rot("y", 30))
+    result = frame([truth], [pred])
+    scores = evaluate([result], ("nocs", "exact", "oriented"))
+    assert set(scores["modes"]) == {"nocs", "exact", "oriented"}
+    assert "oriented" in scores["modes"]["oriented"]["iou_mode"]
+    iou = {m: iou_3d(result["pred_RTs"][0], result["gt_RTs"][0], result["pred_scales"][0],
+                     result["gt_scales"][0], m) for m in ("exact", "oriented")}
+    assert iou["exact"] < 0.5 < iou["oriented"] < 0.75  # the bounds inflate the turned box
+    camera = {m: scores["modes"][m]["classes"]["camera"] for m in iou}
+    assert camera["exact"]["IoU50"] == pytest.approx(0.0)
+    assert camera["oriented"]["IoU50"] == pytest.approx(100.0)
+    assert camera["oriented"]["IoU75"] == pytest.approx(0.0)
+    assert set(evaluate([result])["modes"]) == {"nocs", "exact"}  # the default stays
+    with pytest.raises(ValueError, match="unknown IoU mode 'rotated'"):
+        evaluate([result], ("rotated",))
+
+
 def test_symmetric_iou_searches_20_rotations_of_the_prediction():
     ext = np.array([0.5, 1.0, 0.5]) / np.sqrt(1.5)
     gt = compose_rt(rot("x", 10), [0.0, 0.0, 1.5], 0.3)
     pred = compose_rt(rot("x", 10) @ rot("y", 36), [0.0, 0.0, 1.5], 0.3)  # 36 = 2 x 18 deg
-    for mode in MODES:
+    for mode in (*MODES, "oriented"):
         assert iou_3d(pred, gt, ext, ext, mode, symmetric=True) == pytest.approx(1.0)
         assert iou_3d(pred, gt, ext, ext, mode, symmetric=False) < 0.9
 
