@@ -339,20 +339,12 @@ def oriented_box_overlap(centre1: np.ndarray, axes1: np.ndarray, half1: np.ndarr
     if np.linalg.norm(centre1 - centre2) > np.linalg.norm(half1) + np.linalg.norm(half2):
         return 0.0
     tol = 1e-9 * max(float(np.max(half1)), float(np.max(half2)), 1e-12)
+    box1, box2 = (centre1, axes1, half1), (centre2, axes2, half2)
     c1 = centre1 + (_CORNER_SIGNS * half1) @ axes1.T
     c2 = centre2 + (_CORNER_SIGNS * half2) @ axes2.T
-    points = np.concatenate([
-        c1[_inside(c1, centre2, axes2, half2, tol)],
-        c2[_inside(c2, centre1, axes1, half1, tol)],
-    ])
-    for corners, (centre_a, axes_a, half_a), (centre_b, axes_b, half_b) in (
-        (c1, (centre2, axes2, half2), (centre1, axes1, half1)),
-        (c2, (centre1, axes1, half1), (centre2, axes2, half2)),
-    ):
-        crossing = _edge_face_points(corners, centre_a, axes_a, half_a)
-        crossing = crossing[_inside(crossing, centre_a, axes_a, half_a, tol)
-                            & _inside(crossing, centre_b, axes_b, half_b, tol)]
-        points = np.concatenate([points, crossing])
+    candidates = np.concatenate(
+        [c1, c2, _edge_face_points(c1, *box2), _edge_face_points(c2, *box1)])
+    points = candidates[_inside(candidates, *box1, tol) & _inside(candidates, *box2, tol)]
     if len(points) < 4:
         return 0.0
     from scipy.spatial import ConvexHull, QhullError

@@ -233,9 +233,8 @@ def test_oriented_iou_agrees_with_counting_points():
     grid = rng.uniform(-0.25, 0.25, (300_000, 3))
 
     def inside(RT, ext):
-        R = RT[:3, :3] / np.cbrt(np.linalg.det(RT[:3, :3]))
         scale = np.cbrt(np.linalg.det(RT[:3, :3]))
-        local = (grid - RT[:3, 3]) @ R
+        local = (grid - RT[:3, 3]) @ (RT[:3, :3] / scale)
         return np.all(np.abs(local) <= ext * scale / 2, axis=1)
 
     for k in range(3):

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             args.data, estimator, masks, args.out, nf.resolve_intrinsics(args.intrinsics),
             args.max_frames, vis_frames=args.vis, model_extents=model_extents,
             ranking=args.ranking,
-            iou_modes=metrics.IOU_MODES + (("oriented",) if args.oriented_iou else ()),
+            iou_modes=metrics.KNOWN_IOU_MODES if args.oriented_iou else metrics.IOU_MODES,
         )
     except (
         nf.NocsFormatError, FileNotFoundError, ValueError, SegmenterWeightsError, ModelFileError
